@@ -1,0 +1,23 @@
+"""Shared fixtures. Keep this small: per-area fixtures belong in that area's test file."""
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from maskformer.config import apply_overrides, get_preset  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def tiny_cfg():
+    """The tiny preset on timm's 0.4 M-parameter test_resnet: fast enough for any unit test."""
+    return apply_overrides(get_preset("maskformer_tiny"), {"model.backbone": "test_resnet"})
