@@ -1,0 +1,340 @@
+"""COCO panoptic / instances formats: id<->RGB, RLE, polygons, JSON and PNG reading and writing."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from maskformer.config import DatasetMeta
+from maskformer.errors import DatasetError
+
+# --------------------------------------------------------------------------------------------
+# panoptic ids <-> RGB (panopticapi convention: id = R + 256 G + 256^2 B; 0 is VOID)
+
+
+def rgb2id(rgb: np.ndarray) -> np.ndarray:
+    """Decode a COCO panoptic PNG.
+
+    Args:
+        rgb: (H, W, 3) uint8 RGB.
+
+    Returns:
+        (H, W) int32 segment ids.
+    """
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] < 3:
+        raise ValueError(f"rgb2id expects an (H, W, 3) array, got shape {rgb.shape}")
+    rgb = rgb[..., :3].astype(np.int32)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]  # (H, W)
+
+
+def id2rgb(id_map: np.ndarray) -> np.ndarray:
+    """Encode segment ids (0 .. 2^24-1) as a COCO panoptic RGB image: (H, W) -> (H, W, 3) uint8."""
+    ids = np.asarray(id_map).astype(np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= 1 << 24):
+        raise ValueError(f"segment ids must lie in [0, 2^24), got {ids.min()}..{ids.max()}")
+    out = np.empty((*ids.shape, 3), np.uint8)
+    for c in range(3):
+        out[..., c] = (ids >> (8 * c)) & 255
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# masks: RLE and polygons (pycocotools does the work)
+
+
+def encode_rle(mask: np.ndarray) -> dict[str, Any]:
+    """Compressed COCO RLE of a binary (H, W) mask, JSON-ready (``counts`` is a str)."""
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    return {
+        "size": [int(rle["size"][0]), int(rle["size"][1])],
+        "counts": rle["counts"].decode("ascii"),
+    }
+
+
+def decode_rle(
+    rle: dict[str, Any], height: int | None = None, width: int | None = None
+) -> np.ndarray:
+    """Decode compressed (str/bytes counts) or uncompressed (list counts) RLE to (H, W) bool."""
+    counts = rle["counts"]
+    h, w = (int(v) for v in rle["size"])
+    if isinstance(counts, list):
+        rle = mask_utils.frPyObjects(rle, h, w)  # uncompressed -> compressed
+    elif isinstance(counts, str):
+        rle = {"size": [h, w], "counts": counts.encode("ascii")}
+    mask = mask_utils.decode(rle).astype(bool)  # (H, W)
+    if height is not None and (h, w) != (height, width):
+        raise ValueError(f"RLE size {h}x{w} differs from the image size {height}x{width}")
+    return mask
+
+
+def polygons_to_mask(polygons: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
+    """Rasterise COCO polygons ``[[x0, y0, x1, y1, ...], ...]`` with pycocotools -> (H, W) bool."""
+    polys = [list(map(float, p)) for p in polygons if len(p) >= 6]
+    if not polys:
+        return np.zeros((height, width), bool)
+    rles = mask_utils.frPyObjects(polys, height, width)
+    return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
+
+
+def segmentation_to_mask(segm: Any, height: int, width: int) -> np.ndarray:
+    """Any COCO ``segmentation`` (polygons, compressed or uncompressed RLE) -> (H, W) bool."""
+    if isinstance(segm, list):
+        return polygons_to_mask(segm, height, width)
+    if isinstance(segm, dict) and "counts" in segm and "size" in segm:
+        return decode_rle(segm, height, width)
+    raise ValueError(f"unsupported segmentation value of type {type(segm).__name__}")
+
+
+def mask_bbox(mask: np.ndarray) -> list[int]:
+    """COCO ``[x, y, w, h]`` box of a binary mask (zeros when empty)."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if rows.size == 0:
+        return [0, 0, 0, 0]
+    return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
+
+
+# --------------------------------------------------------------------------------------------
+# files: JSON with line/column errors, atomic writes
+
+
+def read_json(path: str | Path) -> Any:
+    """Parse a JSON file; a broken file raises DatasetError naming the file, line and column."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: cannot read ({e})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DatasetError(
+            f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}"
+        ) from None
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to a temp file in the same folder, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Atomic, deterministic JSON write (compact separators, insertion key order)."""
+    atomic_write_bytes(path, json.dumps(obj, separators=(",", ":")).encode("utf-8"))
+
+
+def png_bytes(array: np.ndarray, compress_level: int = 1) -> bytes:
+    """Encode a uint8 (H, W) or (H, W, 3) array as PNG (deterministic for the same input)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(
+        buf, format="PNG", compress_level=compress_level
+    )
+    return buf.getvalue()
+
+
+def write_png(path: str | Path, array: np.ndarray) -> None:
+    atomic_write_bytes(path, png_bytes(array))
+
+
+def read_panoptic_png(path: str | Path) -> np.ndarray:
+    """Read a COCO panoptic PNG as (H, W) int32 segment ids."""
+    try:
+        with Image.open(path) as im:
+            rgb = np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: panoptic PNG not found") from None
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read panoptic PNG ({e})") from None
+    return rgb2id(rgb)
+
+
+# --------------------------------------------------------------------------------------------
+# writing: categories, panoptic and instances JSON from (id_map, segments) records
+
+
+def categories_from_meta(meta: DatasetMeta) -> list[dict[str, Any]]:
+    """COCO panoptic ``categories`` (with ``isthing`` and ``color``) in contiguous order."""
+    return [
+        {
+            "id": int(cid),
+            "name": name,
+            "supercategory": "thing" if thing else "stuff",
+            "isthing": int(thing),
+            "color": [int(c) for c in color],
+        }
+        for cid, name, thing, color in zip(
+            meta.category_ids(), meta.class_names, meta.isthing, meta.colors, strict=True
+        )
+    ]
+
+
+def image_entry(image_id: int, file_name: str, height: int, width: int) -> dict[str, Any]:
+    return {"id": int(image_id), "file_name": file_name, "height": int(height), "width": int(width)}
+
+
+def panoptic_annotation(
+    id_map: np.ndarray, segments: Iterable[dict], image_id: int, png_name: str, meta: DatasetMeta
+) -> dict[str, Any]:
+    """One COCO panoptic annotation; ``category_id`` goes back from contiguous to dataset ids.
+
+    Args:
+        id_map: (H, W) int segment ids, 0 = void.
+        segments: dicts with ``id``, ``category_id`` (contiguous) and optionally ``iscrowd``.
+    """
+    cat_ids = meta.category_ids()
+    ids, counts = np.unique(id_map, return_counts=True)
+    areas = dict(zip(ids.tolist(), counts.tolist(), strict=True))
+    info = []
+    for s in segments:
+        sid = int(s["id"])
+        if areas.get(sid, 0) == 0:
+            continue  # a segment without pixels would break the PNG <-> JSON consistency
+        info.append(
+            {
+                "id": sid,
+                "category_id": int(cat_ids[int(s["category_id"])]),
+                "iscrowd": int(s.get("iscrowd", 0)),
+                "area": int(areas[sid]),
+                "bbox": mask_bbox(id_map == sid),
+            }
+        )
+    return {"image_id": int(image_id), "file_name": png_name, "segments_info": info}
+
+
+def instance_annotations(
+    id_map: np.ndarray,
+    segments: Iterable[dict],
+    image_id: int,
+    meta: DatasetMeta,
+    first_ann_id: int = 1,
+    things_only: bool = True,
+) -> list[dict[str, Any]]:
+    """COCO instance annotations (compressed RLE) for the segments of one image.
+
+    A segment's optional ``score`` is copied, which makes the list a valid results file.
+    """
+    cat_ids = meta.category_ids()
+    anns = []
+    for s in segments:
+        cls = int(s["category_id"])
+        if things_only and not meta.isthing[cls]:
+            continue
+        mask = id_map == int(s["id"])
+        area = int(mask.sum())
+        if area == 0:
+            continue
+        ann = {
+            "id": first_ann_id + len(anns),
+            "image_id": int(image_id),
+            "category_id": int(cat_ids[cls]),
+            "segmentation": encode_rle(mask),
+            "area": area,
+            "bbox": mask_bbox(mask),
+            "iscrowd": int(s.get("iscrowd", 0)),
+        }
+        if "score" in s:
+            ann["score"] = float(s["score"])
+        anns.append(ann)
+    return anns
+
+
+def write_coco_panoptic(
+    json_path: str | Path, png_dir: str | Path | None, records: Iterable[Any], meta: DatasetMeta
+) -> dict[str, Any]:
+    """Write a COCO panoptic JSON (and, unless ``png_dir`` is None, one RGB id PNG per record).
+
+    Args:
+        json_path: output JSON.
+        png_dir: folder for ``<stem>.png`` id PNGs; None writes only the JSON.
+        records: objects with ``id_map`` (H, W), ``segments``, ``image_id`` and ``file_name``
+            (the image file name), e.g. ``Sample``.
+        meta: classes; contiguous ``category_id`` values are mapped to ``meta.category_ids()``.
+
+    Returns:
+        The JSON dict that was written.
+    """
+    images, annotations = [], []
+    for r in records:
+        png_name = Path(r.file_name).stem + ".png"
+        h, w = r.id_map.shape
+        images.append(image_entry(r.image_id, r.file_name, h, w))
+        annotations.append(panoptic_annotation(r.id_map, r.segments, r.image_id, png_name, meta))
+        if png_dir is not None:
+            write_png(Path(png_dir) / png_name, id2rgb(r.id_map))
+    obj = {
+        "info": {"description": meta.name or "maskformer"},
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": categories_from_meta(meta),
+    }
+    write_json(json_path, obj)
+    return obj
+
+
+def write_coco_instances(
+    json_path: str | Path, records: Iterable[Any], meta: DatasetMeta
+) -> dict[str, Any]:
+    """Write a COCO instances JSON (RLE masks of thing segments; all categories listed)."""
+    images, annotations = [], []
+    for r in records:
+        h, w = r.id_map.shape
+        images.append(image_entry(r.image_id, r.file_name, h, w))
+        annotations += instance_annotations(
+            r.id_map, r.segments, r.image_id, meta, first_ann_id=len(annotations) + 1
+        )
+    obj = {
+        "info": {"description": meta.name or "maskformer"},
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": categories_from_meta(meta),
+    }
+    write_json(json_path, obj)
+    return obj
+
+
+def write_dataset(out_dir: str | Path, samples: Iterable[Any], meta: DatasetMeta) -> Path:
+    """Write the project's dataset layout: images/, panoptic/, panoptic.json, instances.json.
+
+    ``samples`` need ``image`` (H, W, 3) uint8 too; images are stored as PNG under their
+    ``file_name`` (its extension is replaced by .png when it is not one).
+    """
+    out = Path(out_dir)
+    kept = []
+    for s in samples:
+        name = Path(s.file_name).stem + ".png"
+        write_png(out / "images" / name, s.image)
+        kept.append(_Renamed(s, name))
+    write_coco_panoptic(out / "panoptic.json", out / "panoptic", kept, meta)
+    write_coco_instances(out / "instances.json", kept, meta)
+    return out
+
+
+class _Renamed:
+    """A record view with another file_name (no copy of the arrays)."""
+
+    def __init__(self, rec: Any, file_name: str):
+        self.id_map, self.segments, self.image_id = rec.id_map, rec.segments, rec.image_id
+        self.file_name = file_name
