@@ -1,0 +1,239 @@
+"""Stateless Predictor: image in, ``Prediction`` (class + mask logits at the original size) out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+
+from maskformer.config import Config, DatasetMeta, TestConfig
+from maskformer.errors import CheckpointError, UserError
+from maskformer.image_io import ImageSource, load_image
+from maskformer.inference.postprocess import (
+    InstanceResult,
+    PanopticResult,
+    instance_inference,
+    mask_areas,
+    panoptic_inference,
+    resize_maps,
+    resize_mask_logits,
+    semantic_map,
+)
+
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+@dataclass(eq=False)
+class Prediction:
+    """What the network said about one image, at the original image size (CPU, float32).
+
+    Post-processing is done on demand by the pure functions of ``postprocess`` with the model's
+    default thresholds (``test``) or the ones given; derived tensors are cached on the Prediction,
+    so a re-merge with new thresholds costs only ``panoptic_inference``.
+    Memory: Q x H0 x W0 float32 (80 MB for 100 queries on a 640 x 320 image), twice once
+    ``mask_probs`` is cached; shrink very large photos before predicting.
+    """
+
+    class_logits: Tensor  # (Q, K+1); index K is "no object"
+    mask_logits: Tensor  # (Q, H0, W0)
+    image: np.ndarray  # (H0, W0, 3) uint8 RGB
+    meta: DatasetMeta
+    test: TestConfig = field(default_factory=TestConfig)
+    # (Q, Hi, Wi) logits at the network's input size, kept only for semantic models: the official
+    # code (SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE False unless panoptic is on) resizes the (K, H, W)
+    # semantic scores to the original size, not the mask logits.
+    input_mask_logits: Tensor | None = None
+
+    @cached_property
+    def class_probs(self) -> Tensor:
+        """(Q, K+1) softmax over the classes, no-object included."""
+        return self.class_logits.float().softmax(-1)
+
+    @cached_property
+    def mask_probs(self) -> Tensor:
+        """(Q, H0, W0) sigmoid of the mask logits."""
+        return self.mask_logits.float().sigmoid()
+
+    @cached_property
+    def mask_areas(self) -> Tensor:
+        """(Q,) pixels with mask probability >= 0.5."""
+        return mask_areas(self.mask_probs)
+
+    @cached_property
+    def _semantic(self) -> Tensor:
+        if self.input_mask_logits is None:
+            probs = self.mask_probs
+        else:  # resizing S = P^T M is linear, so resizing M's probabilities gives the same S
+            probs = resize_maps(self.input_mask_logits.float().sigmoid(), self.image.shape[:2])
+        return semantic_map(self.class_logits, self.mask_logits, mask_probs=probs)
+
+    def semantic(self) -> Tensor:
+        """(H0, W0) int64 contiguous class ids (argmax of the official semantic inference)."""
+        return self._semantic
+
+    def panoptic(self, object_mask_threshold: float | None = None,
+                 overlap_threshold: float | None = None) -> PanopticResult:
+        """The official panoptic inference; thresholds default to the model config's."""
+        return panoptic_inference(
+            self.class_logits, self.mask_logits, thing_ids=self.meta.thing_ids,
+            object_mask_threshold=_default(object_mask_threshold, self.test.object_mask_threshold),
+            overlap_threshold=_default(overlap_threshold, self.test.overlap_threshold),
+            mask_probs=self.mask_probs, areas=self.mask_areas)
+
+    def instances(self, topk: int | None = None, things_only: bool | None = None) -> InstanceResult:
+        """Mask2Former-style top-k instances; by default thing classes only when panoptic is on."""
+        things_only = self.test.panoptic_on if things_only is None else things_only
+        return instance_inference(
+            self.class_logits, self.mask_logits,
+            topk=_default(topk, self.test.detections_per_image),
+            thing_ids=self.meta.thing_ids if things_only else None, mask_probs=self.mask_probs)
+
+
+def _default(value: Any, fallback: Any) -> Any:
+    return fallback if value is None else value
+
+
+class Predictor:
+    """Runs a MaskFormer on images. Holds only the model and its config: safe to share across threads.
+
+    Args:
+        checkpoint: a native checkpoint path, a ``(model, cfg, meta)`` tuple, or a model carrying
+            ``.cfg`` and ``.meta`` (what ``maskformer.checkpoint.load_model`` returns).
+        device: "cpu", "cuda", ...; default CUDA when available.
+        dtype: None / float32, or bfloat16 / float16 (also "bf16", "fp16") for autocast.
+    """
+
+    def __init__(self, checkpoint: str | Path | tuple | nn.Module,
+                 device: str | torch.device | None = None,
+                 dtype: torch.dtype | str | None = None) -> None:
+        try:
+            self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        except RuntimeError as e:
+            raise UserError(f"unknown device {device!r} ({e})") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"device {device!r} asked for, but CUDA is not available here; "
+                            "use --device cpu")
+        self.dtype = _parse_dtype(dtype)
+        model, self.cfg, self.meta = _resolve(checkpoint, self.device)
+        self.model = model.to(self.device).eval()
+        if self.meta.num_classes != self.cfg.model.num_classes:
+            raise CheckpointError(f"the metadata names {self.meta.num_classes} classes but the "
+                                  f"model predicts {self.cfg.model.num_classes}")
+
+    @property
+    def semantic_before_inference(self) -> bool:
+        """Official rule: mask logits are resized before semantic inference iff panoptic is on."""
+        return self.cfg.test.panoptic_on
+
+    def preprocess(self, image: ImageSource) -> tuple[np.ndarray, Tensor]:
+        """Read, resize (shortest edge, as detectron2) and normalise one image.
+
+        Returns:
+            The original (H0, W0, 3) uint8 image and the (3, Hi, Wi) float32 network input.
+        """
+        rgb = load_image(image)
+        h0, w0 = rgb.shape[:2]
+        hi, wi = resize_shortest_edge_shape(h0, w0, self.cfg.input.min_size_test,
+                                            self.cfg.input.max_size_test)
+        resized = rgb
+        if (hi, wi) != (h0, w0):  # detectron2 resizes uint8 images with PIL, bilinear
+            resized = np.asarray(Image.fromarray(rgb).resize((wi, hi), Image.BILINEAR))
+        x = torch.from_numpy(np.array(resized)).permute(2, 0, 1).float()  # (3, Hi, Wi)
+        mean = torch.tensor(self.cfg.input.pixel_mean).view(3, 1, 1)
+        std = torch.tensor(self.cfg.input.pixel_std).view(3, 1, 1)
+        return rgb, (x - mean) / std
+
+    def predict(self, image: ImageSource) -> Prediction:
+        """One image (path, bytes, PIL image or array) -> Prediction at its original size."""
+        return self.predict_batch([image])[0]
+
+    def predict_batch(self, images: Sequence[ImageSource]) -> list[Prediction]:
+        """Several images in one forward pass, padded (bottom/right, zeros) to the batch maximum."""
+        if len(images) == 0:
+            return []
+        prepared = [self.preprocess(im) for im in images]
+        batch = pad_batch([x for _, x in prepared], self.cfg.model.size_divisibility)
+        with torch.no_grad():
+            out = self._forward(batch.to(self.device))
+        padded_hw = tuple(batch.shape[-2:])
+        return [self._prediction(rgb, tuple(x.shape[-2:]), padded_hw, out["pred_logits"][i],
+                                 out["pred_masks"][i]) for i, (rgb, x) in enumerate(prepared)]
+
+    def _forward(self, batch: Tensor) -> dict[str, Any]:
+        if self.dtype == torch.float32:
+            return self.model(batch)
+        with torch.autocast(self.device.type, dtype=self.dtype):
+            return self.model(batch)
+
+    def _prediction(self, rgb: np.ndarray, image_hw: tuple[int, int], padded_hw: tuple[int, int],
+                    class_logits: Tensor, pred_masks: Tensor) -> Prediction:
+        original_hw = rgb.shape[:2]
+        masks = pred_masks.float()  # (Q, Hp/4, Wp/4)
+        input_logits = None
+        if self.semantic_before_inference:
+            mask_logits = resize_mask_logits(masks, padded_hw, image_hw, original_hw)
+        else:
+            input_logits = resize_mask_logits(masks, padded_hw, image_hw, image_hw)  # (Q, Hi, Wi)
+            mask_logits = resize_maps(input_logits, original_hw)
+            input_logits = input_logits.cpu()
+        return Prediction(class_logits=class_logits.float().cpu(), mask_logits=mask_logits.cpu(),
+                          image=rgb, meta=self.meta, test=self.cfg.test,
+                          input_mask_logits=input_logits)
+
+
+def resize_shortest_edge_shape(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
+    """detectron2 ``ResizeShortestEdge.get_output_shape``: short side to ``short``, long <= max."""
+    scale = short / min(h, w)
+    newh, neww = (short, scale * w) if h < w else (scale * h, short)
+    if max(newh, neww) > max_size:
+        scale = max_size / max(newh, neww)
+        newh, neww = newh * scale, neww * scale
+    return int(newh + 0.5), int(neww + 0.5)
+
+
+def pad_batch(images: Sequence[Tensor], size_divisibility: int) -> Tensor:
+    """detectron2 ``ImageList.from_tensors``: zero-pad bottom/right to the batch max H, W, rounded
+    up to a multiple of ``size_divisibility`` (0: no rounding). (3, Hi, Wi) each -> (B, 3, Hp, Wp)."""
+    hp = max(x.shape[-2] for x in images)
+    wp = max(x.shape[-1] for x in images)
+    if size_divisibility > 0:
+        hp = -(-hp // size_divisibility) * size_divisibility
+        wp = -(-wp // size_divisibility) * size_divisibility
+    return torch.stack([F.pad(x, (0, wp - x.shape[-1], 0, hp - x.shape[-2])) for x in images])
+
+
+def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in _DTYPES.values():
+            raise UserError(f"unsupported dtype {dtype}; use float32, bfloat16 or float16")
+        return dtype
+    key = str(dtype).lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise UserError(f"unsupported dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
+    return _DTYPES[key]
+
+
+def _resolve(checkpoint: Any, device: torch.device) -> tuple[nn.Module, Config, DatasetMeta]:
+    if isinstance(checkpoint, (str, Path)):
+        from maskformer.checkpoint import load_model
+
+        model = load_model(checkpoint, device=device)
+        return model, model.cfg, model.meta
+    if isinstance(checkpoint, tuple) and len(checkpoint) == 3:
+        return checkpoint
+    if isinstance(checkpoint, nn.Module) and hasattr(checkpoint, "cfg") and hasattr(checkpoint,
+                                                                                    "meta"):
+        return checkpoint, checkpoint.cfg, checkpoint.meta
+    raise CheckpointError(f"Predictor needs a checkpoint path, a (model, cfg, meta) tuple or a model "
+                          f"with .cfg and .meta, got {type(checkpoint).__name__}")
