@@ -1,0 +1,241 @@
+"""The fine-tune job process: ``python -m app.finetune_job <job_dir>/spec.json``.
+
+Steps, each skipped when a previous attempt of the same job finished it (so a killed job resumes):
+export the corrected images (train and held-out sets, base classes first), score the base model on
+the held-out set, run ``python -m maskformer train --init BASE --resume``, score the new model, copy
+it to ``<workspace>/models/v<N>.safetensors`` and register it as a version with its parent and
+scores. Progress goes to ``phase.json``; the outcome to ``result.json``. The app's current model
+and its workspace rows are only touched by the last step, in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from app.finetune import FinetuneSpec, meta_for, read_json
+from app.store import Workspace
+from app.transfer import Record
+from maskformer.config import DatasetMeta
+from maskformer.errors import UserError
+
+TASKS = ("panoptic", "semantic")
+_DISABLED_LOGIT = -1e4  # bias of a class the base model never had: it can never win
+
+
+def write_phase(job_dir: Path, phase: str, message: str) -> None:
+    tmp = job_dir / ".phase.json.tmp"
+    tmp.write_text(json.dumps({"phase": phase, "message": message, "time": time.time()}))
+    os.replace(tmp, job_dir / "phase.json")
+    print(f"[{phase}] {message}", flush=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------ export
+
+
+def export_images(ws: Workspace, image_ids: list[int], category_ids: list[int], meta: DatasetMeta,
+                  out_dir: Path) -> Path:
+    """Write ``image_ids`` in the COCO panoptic layout with ``category_ids[i]`` as class i.
+
+    Built in a temporary folder and renamed into place, so a half export never exists.
+    """
+    from maskformer.data.coco import write_coco_panoptic
+
+    contiguous = {cid: i for i, cid in enumerate(category_ids)}
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "images").mkdir(parents=True)
+    records = []
+    for image_id in image_ids:
+        rec = ws.image(image_id)
+        stored = ws.load_annotation(image_id)
+        if stored is None:
+            raise UserError(f"image {image_id} ({rec.name}) has no saved annotation")
+        id_map, segments, _ = stored
+        name = f"{rec.id:06d}{Path(rec.file).suffix}"
+        shutil.copyfile(ws.root / rec.file, tmp / "images" / name)
+        segs = [{**s, "category_id": contiguous[int(s["category_id"])]} for s in segments]
+        records.append(Record(id_map, segs, rec.id, name))
+    write_coco_panoptic(tmp / "panoptic.json", tmp / "panoptic", records, meta)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+# ------------------------------------------------------------------------------------ scoring
+
+
+def base_predictor(path: str, meta: DatasetMeta, device: str) -> Any:
+    """The base model on the fine-tune's classes: its own rows unchanged, new classes disabled.
+
+    So "before" is exactly what the current model does (it cannot predict a class it never had).
+    """
+    import torch
+
+    from maskformer.checkpoint import load_model
+    from maskformer.inference import Predictor
+
+    model = load_model(path, device=device, meta=meta)
+    old_k = _base_classes(path)
+    if tuple(model.meta.class_names[:old_k]) != tuple(meta.class_names[:old_k]):
+        raise UserError(f"the fine-tune classes do not start with the base model's classes "
+                        f"({path})")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("class_embed.weight"):
+                p[old_k:meta.num_classes].zero_()  # (K_new - K_old, D); row K stays no-object
+            elif name.endswith("class_embed.bias"):
+                p[old_k:meta.num_classes] = _DISABLED_LOGIT
+    return Predictor(model, device=device)
+
+
+def _base_classes(path: str) -> int:
+    from maskformer.checkpoint import peek_checkpoint
+
+    return peek_checkpoint(path).cfg.model.num_classes
+
+
+def score(predictor: Any, dataset_dir: Path) -> dict[str, Any]:
+    """Held-out PQ / mIoU (x100) with per-class PQ and IoU keyed by class name."""
+    from maskformer.data import open_dataset
+    from maskformer.evaluation import evaluate_model
+
+    metrics = evaluate_model(predictor, open_dataset(dataset_dir), TASKS, progress=False)
+    per_class: dict[str, dict[str, Any]] = {}
+    for row in metrics.get("per_class", {}).get("panoptic", []):
+        per_class.setdefault(row["name"], {})["PQ"] = row["PQ"]
+    for row in metrics.get("per_class", {}).get("semantic", []):
+        per_class.setdefault(row["name"], {})["IoU"] = row["IoU"]
+    flat = {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
+    return {**flat, "per_class": per_class}
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+def train_command(spec: FinetuneSpec, train_dir: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "maskformer", "train", "--init", spec.base_checkpoint,
+           "--train", str(train_dir), "--out", str(spec.run_dir), "--resume",
+           "--iters", str(spec.iters), "--batch", str(spec.batch), "--device", spec.device,
+           "--eval-period", "0", "--checkpoint-period", str(spec.checkpoint_period),
+           "--no-progress", f"--solver.log_period={spec.log_period}",
+           f"--solver.warmup_iters={spec.warmup_iters}"]
+    if spec.lr is not None:
+        cmd += ["--lr", str(spec.lr)]
+    return cmd
+
+
+def train(spec: FinetuneSpec, train_dir: Path) -> Path:
+    """Run the train command (same process group: a cancel stops it too); the final checkpoint."""
+    code = subprocess.call(train_command(spec, train_dir), stdin=subprocess.DEVNULL)
+    final = spec.run_dir / "model_final.safetensors"
+    if code != 0 or not final.is_file():
+        status = read_json(spec.run_dir / "status.json") or {}
+        raise UserError(f"training stopped with status {code}"
+                        + (f": {status['message']}" if status.get("message") else ""))
+    return final
+
+
+# ------------------------------------------------------------------------------------ register
+
+
+def register(ws: Workspace, spec: FinetuneSpec, final: Path, metrics: dict[str, Any]) -> int:
+    """Copy the checkpoint to ``models/v<N>.safetensors`` (atomic), then add the version row."""
+    models = ws.root / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    n = max((v.id for v in ws.model_versions()), default=0) + 1
+    while (models / f"v{n}.safetensors").exists():
+        n += 1
+    dest = models / f"v{n}.safetensors"
+    tmp = models / f".v{n}.safetensors.tmp"
+    shutil.copyfile(final, tmp)
+    os.replace(tmp, dest)
+    return ws.add_model_version(dest, parent=spec.base_version, metrics=metrics).id
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+def run(spec: FinetuneSpec) -> dict[str, Any]:
+    job_dir = Path(spec.job_dir)
+    done = read_json(job_dir / "result.json")
+    if done is not None:
+        return done
+    ws = Workspace(spec.workspace)
+    cats = {c.id: c for c in ws.categories()}
+    meta = meta_for([cats[i] for i in spec.category_ids], name=f"finetune {spec.created}")
+    train_dir, held_dir = job_dir / "train", job_dir / "heldout"
+    if not (train_dir / "panoptic.json").exists() or not (held_dir / "panoptic.json").exists():
+        write_phase(job_dir, "export", f"exporting {len(spec.train_images)} training and "
+                                       f"{len(spec.heldout_images)} held-out images")
+        export_images(ws, spec.heldout_images, spec.category_ids, meta, held_dir)
+        export_images(ws, spec.train_images, spec.category_ids, meta, train_dir)
+    before = read_json(job_dir / "before.json")
+    if before is None:
+        write_phase(job_dir, "before", f"scoring the current model on "
+                                       f"{len(spec.heldout_images)} held-out images")
+        before = score(base_predictor(spec.base_checkpoint, meta, spec.device), held_dir)
+        write_json(job_dir / "before.json", before)
+    write_phase(job_dir, "train", f"training {spec.iters} iterations on {spec.device}")
+    final = train(spec, train_dir)
+    write_phase(job_dir, "after", "scoring the fine-tuned model on the held-out images")
+    from maskformer.inference import Predictor
+
+    after = score(Predictor(str(final), device=spec.device), held_dir)
+    write_phase(job_dir, "register", "saving the new model version")
+    old = set(meta.class_names[:spec.base_classes])
+    metrics = {"heldout": after, "before": before, "parent": spec.base_version,
+               "job": Path(spec.job_dir).name, "iters": spec.iters, "batch": spec.batch,
+               "train_images": len(spec.train_images),
+               "heldout_images": len(spec.heldout_images), "classes": list(meta.class_names),
+               "new_classes": [c for c in meta.class_names if c not in old]}
+    version_id = register(ws, spec, final, metrics)
+    result = {"version_id": version_id, "path": ws.model_version(version_id).path,
+              "before": before, "after": after}
+    write_json(job_dir / "result.json", result)
+    write_phase(job_dir, "done", f"saved version v{version_id}: held-out PQ "
+                                 f"{_num(before.get('PQ'))} → {_num(after.get('PQ'))}, mIoU "
+                                 f"{_num(before.get('mIoU'))} → {_num(after.get('mIoU'))}")
+    return result
+
+
+def _num(x: Any) -> str:
+    return "—" if x is None else f"{float(x):.1f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m app.finetune_job SPEC.json", file=sys.stderr)
+        return 2
+    spec = FinetuneSpec.load(argv[0])
+    try:
+        os.nice(spec.nice)
+    except OSError:
+        pass
+    try:
+        run(spec)
+    except Exception as e:
+        msg = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+        write_phase(Path(spec.job_dir), "failed", msg.splitlines()[0] if msg else "failed")
+        if not isinstance(e, UserError):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

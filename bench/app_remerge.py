@@ -1,0 +1,81 @@
+"""Time the app's threshold-slider callback (re-merge from cached outputs) at 512x512, Q=100, K=133.
+
+Usage: ``python bench/app_remerge.py [--size 512] [--queries 100] [--classes 133] [--repeats 20]``.
+Measures ``app.callbacks.remerge`` (the engine's panoptic merge on the cached probabilities plus the
+conversion to an editable annotation), alternating two threshold pairs so nothing is reused, and
+the view building the UI does after it (segment table, overlays), reported separately. Goal: the
+callback within 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
+
+from app import callbacks as cb  # noqa: E402
+from app import views  # noqa: E402
+from app.session import Session  # noqa: E402
+from app.store import Workspace  # noqa: E402
+from bench.remerge import fake_outputs  # noqa: E402
+from maskformer.config import generic_meta, get_preset  # noqa: E402
+from maskformer.inference import Prediction  # noqa: E402
+
+
+def _median_ms(fn, repeats: int) -> tuple[float, float]:
+    fn()  # warm-up
+    wall, cpu = [], []
+    for _ in range(repeats):
+        t, c = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return statistics.median(wall) * 1e3, statistics.median(cpu) * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--queries", type=int, default=100)
+    ap.add_argument("--classes", type=int, default=133)
+    ap.add_argument("--repeats", type=int, default=20)
+    args = ap.parse_args()
+    class_logits, mask_logits = fake_outputs(args.queries, args.classes, args.size)
+    meta = generic_meta(args.classes, thing_ids=tuple(range(args.classes * 6 // 10)))
+    image = np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3), np.uint8)
+    pred = Prediction(class_logits=class_logits, mask_logits=mask_logits, image=image, meta=meta,
+                      test=get_preset("maskformer_r50_coco_panoptic").test)
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = Workspace(tmp)
+        ctx = cb.AppContext(predictor=None, workspace=ws, meta=meta,
+                            class_categories=ws.ensure_meta(meta))
+        s = Session(image_id=1, image=image, prediction=pred, mask_probs=pred.mask_probs)
+        cb.remerge(ctx, s, 0.8, 0.8)  # fills the Prediction's caches, as opening an image does
+        pairs = iter([(0.8, 0.8), (0.7, 0.75)] * (args.repeats + 1))
+        merge = _median_ms(lambda: cb.remerge(ctx, s, *next(pairs)), args.repeats)
+        rows = _median_ms(lambda: views.segment_rows(ws, s), args.repeats)
+        pan = _median_ms(lambda: views.panoptic_view(ws, s), args.repeats)
+        inst = _median_ms(lambda: views.instance_view(meta, s), args.repeats)
+    print(f"torch threads {torch.get_num_threads()}; {args.size}x{args.size}, Q={args.queries}, "
+          f"K={args.classes}; {len(s.annotation.segments)} segments, "
+          f"{len(s.merged.dropped)} dropped")
+    print(f"{'':44s} {'wall ms':>8s} {'cpu ms':>8s}   (median of {args.repeats})")
+    for name, (wall, cpu) in [("remerge callback (goal <= 50 ms)", merge),
+                              ("segment table rows", rows),
+                              ("panoptic AnnotatedImage value (masks)", pan),
+                              ("instance overlay", inst)]:
+        print(f"{name:44s} {wall:8.1f} {cpu:8.1f}")
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Start MaskFormer Studio: `python launch.py [--checkpoint CKPT] [--workspace DIR] [--port N]`."""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+# Before gradio is imported anywhere: no telemetry, nothing leaves this machine.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "demo.safetensors"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="MaskFormer Studio: inspect and correct segmentations.")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
+                   help=f"native .safetensors checkpoint (default: {DEFAULT_CHECKPOINT})")
+    p.add_argument("--workspace", type=Path, default=ROOT / "workspace",
+                   help="workspace folder (created if missing; default: ./workspace)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--auth", default=None, metavar="USER:PASS",
+                   help="require this user name and password")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.checkpoint.is_file():
+        hint = ("the demo checkpoint is not there yet: train one with `python -m maskformer train "
+                "--preset maskformer_tiny ...`, or pass --checkpoint PATH"
+                if args.checkpoint == DEFAULT_CHECKPOINT else "pass an existing --checkpoint PATH")
+        print(f"error: checkpoint {args.checkpoint} not found; {hint}", file=sys.stderr)
+        return 2
+    auth = None
+    if args.auth:
+        user, sep, password = args.auth.partition(":")
+        if not sep or not user or not password:
+            print("error: --auth must look like USER:PASS", file=sys.stderr)
+            return 2
+        auth = (user, password)
+
+    from maskformer.errors import UserError
+
+    try:
+        from app.callbacks import make_context
+        from app.store import Workspace
+        from maskformer.inference import Predictor
+
+        predictor = Predictor(args.checkpoint, device=args.device)
+        ctx = make_context(predictor, Workspace(args.workspace), checkpoint=args.checkpoint)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    from app.ui import CSS, HEAD, build_ui
+
+    demo = build_ui(ctx)
+    print(f"MaskFormer Studio: http://{args.host}:{args.port}/  (workspace {args.workspace})",
+          flush=True)
+    demo.queue(default_concurrency_limit=4, max_size=64).launch(
+        server_name=args.host, server_port=args.port, auth=auth, show_error=True,
+        max_file_size="50mb", allowed_paths=[str(args.workspace / "exports")],
+        css=CSS, head=HEAD, quiet=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

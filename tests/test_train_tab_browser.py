@@ -1,0 +1,109 @@
+"""The Train tab in a real browser (Debian Chromium via Playwright): disabled with a reason on too
+little data, then one click fine-tunes (a few iterations), the loss curve and the new version
+appear, and the app switches to it and back.
+
+Screenshots go to ``$MFS_SCREENSHOTS`` (default ``test-artifacts/screenshots``), prefixed
+``train-``.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from app import transfer
+from app.store import Workspace
+from app_helpers import ROOT, AppServer, tiny_checkpoint
+from maskformer.data.synthetic import write_synthetic_dataset
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = [pytest.mark.slow, pytest.mark.browser,
+              pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's /usr/bin/chromium")]
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+WAIT = 60_000  # ms
+JOB_WAIT = 400_000  # ms: the job starts two Python processes that import torch on 2 busy cores
+
+
+@pytest.fixture(scope="module")
+def shots():
+    folder = Path(os.environ.get("MFS_SCREENSHOTS", ROOT / "test-artifacts" / "screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"\nscreenshots: {folder}")
+    return folder
+
+
+def shot(page, shots, name):
+    page.screenshot(path=str(shots / f"train-{name}.png"), full_page=True)
+
+
+def text_of(page, elem_id: str) -> str:
+    return page.inner_text(f"#{elem_id}")
+
+
+def wait_text(page, elem_id: str, needle: str, timeout: int = WAIT):
+    page.wait_for_function("([id, s]) => { const e = document.getElementById(id);"
+                           " return e && e.innerText.includes(s); }", arg=[elem_id, needle],
+                           timeout=timeout)
+
+
+def test_one_click_finetune_in_the_browser(tmp_path, shots):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    data = write_synthetic_dataset(tmp_path / "synth", 8, seed=5, size=64)
+    images = sorted((data / "images").iterdir())
+    ws_dir = tmp_path / "workspace"
+    ws = Workspace(ws_dir)
+    ckpt = tiny_checkpoint(tmp_path / "tiny.safetensors")
+    server = AppServer(ckpt, ws_dir, tmp_path / "server.log")
+    try:
+        server.wait()
+        with sync_api.sync_playwright() as pw:
+            context = pw.chromium.launch_persistent_context(
+                tempfile.mkdtemp(prefix="mfs-chromium-"), executable_path=str(CHROMIUM),
+                headless=True, args=FLAGS, viewport={"width": 1400, "height": 1100})
+            try:
+                page = context.new_page()
+                page.set_default_timeout(WAIT)
+                page.goto(server.url)
+                page.get_by_role("tab", name="Train").click()
+                # Too little data: the button is disabled and says why.
+                wait_text(page, "train-ready", "at least 4 corrected images")
+                assert page.locator("#train-start").is_disabled()
+                shot(page, shots, "1-too-little-data")
+                # Corrections arrive (another user, or an import): the tab notices by itself.
+                transfer.import_source(ws, images[:2])  # images only: not corrected
+                transfer.import_source(ws, data)  # 8 corrected images
+                wait_text(page, "train-ready", "8 corrected images")
+                page.wait_for_function("!document.querySelector('#train-start').disabled")
+                page.fill("#train-iters input", "3")
+                page.fill("#train-batch input", "2")
+                shot(page, shots, "2-ready")
+                page.click("#train-start")
+                page.wait_for_selector("#train-progress-bar[data-state=running]")
+                assert not page.locator("#train-cancel").is_disabled()
+                shot(page, shots, "3-running")
+                page.wait_for_selector("#train-progress-bar[data-state=finished]",
+                                       timeout=JOB_WAIT)
+                wait_text(page, "train-status", "saved version v2")
+                assert "iteration 3/3" in text_of(page, "train-progress")
+                # The loss curve was drawn (vega renders it into the plot's canvas or svg).
+                page.wait_for_selector("#train-loss canvas, #train-loss svg")
+                wait_text(page, "train-compare", "PQ")
+                wait_text(page, "versions-table", "v2.safetensors")
+                shot(page, shots, "4-finished")
+                # Switch the app to the new version, then roll back to its parent.
+                page.click("#version-switch")
+                wait_text(page, "version-status", "now uses v2")
+                assert Workspace(ws_dir).active_model_version().id == 2
+                shot(page, shots, "5-switched")
+                page.click("#version-rollback")
+                wait_text(page, "version-status", "Rolled back")
+                assert Workspace(ws_dir).active_model_version().id == 1
+                shot(page, shots, "6-rolled-back")
+            finally:
+                context.close()
+        assert server.alive()
+        assert (ws_dir / "models" / "v2.safetensors").is_file()
+    finally:
+        server.stop()
