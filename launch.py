@@ -25,14 +25,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--auth", default=None, metavar="USER:PASS",
                    help="require this user name and password")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 is best on a busy machine)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not args.checkpoint.is_file():
-        hint = ("the demo checkpoint is not there yet: train one with `python -m maskformer train "
-                "--preset maskformer_tiny ...`, or pass --checkpoint PATH"
+        hint = ("make one with `python -m maskformer synth --out runs/synth && python -m "
+                "maskformer train --preset maskformer_tiny --train runs/synth --out runs/demo` "
+                "(see checkpoints/README.md), or pass --checkpoint PATH"
                 if args.checkpoint == DEFAULT_CHECKPOINT else "pass an existing --checkpoint PATH")
         print(f"error: checkpoint {args.checkpoint} not found; {hint}", file=sys.stderr)
         return 2
@@ -51,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         from app.store import Workspace
         from maskformer.inference import Predictor
 
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         predictor = Predictor(args.checkpoint, device=args.device)
         ctx = make_context(predictor, Workspace(args.workspace), checkpoint=args.checkpoint)
     except UserError as e:

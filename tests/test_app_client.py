@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 import zipfile
 
 import pytest
@@ -10,7 +12,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 from gradio_client import Client, handle_file  # noqa: E402
 
-from app_helpers import png_bytes, shared_server  # noqa: E402
+from app_helpers import ROOT, png_bytes, shared_server  # noqa: E402
 from maskformer.inference import Predictor  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -42,6 +44,14 @@ def call(c: Client, api: str, *args, names=None):
     if names:
         out = dict(zip(names, out))
     return out, warnings
+
+
+def test_launch_without_checkpoint_says_how_to_make_one(tmp_path):
+    demo = ROOT / "checkpoints" / "demo.safetensors"
+    args = [] if not demo.exists() else ["--checkpoint", str(tmp_path / "missing.safetensors")]
+    r = subprocess.run([sys.executable, str(ROOT / "launch.py"), "--workspace", str(tmp_path),
+                        *args], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--checkpoint PATH" in r.stderr
 
 
 def test_named_endpoints(server):
