@@ -5,7 +5,8 @@ Usage: ``python bench/train_step.py [--device cpu|cuda] [--size 512] [--batch 2]
 
 One step = forward + loss (18 terms: final + 5 aux layers, official weights) + backward. Both
 models run in eval mode (no dropout, BN on running statistics) so that the losses can be compared
-exactly; HF gets ``use_auxiliary_loss=True`` so it computes the same deep supervision. Reported:
+exactly; HF gets ``use_auxiliary_loss=True`` and ours ``aux=True`` (eval mode drops aux outputs
+by default) so both compute deep supervision. Reported:
 median step time (the three variants alternate each round), the ratio ours/HF, the share of our
 loss in the step, peak memory (CUDA: ``max_memory_allocated``; CPU: the rise of
 the process's peak RSS during the steps, reset through /proc/self/clear_refs), and the loss
@@ -144,7 +145,7 @@ def timed_round_robin(steps: dict, device: torch.device, runs: int) -> dict:
 def loss_only_seconds(ours, criterion, images, targets, weights) -> float:
     """Seconds of the criterion alone (matching, forward and backward) on detached outputs."""
     with torch.no_grad():
-        out = ours(images)
+        out = ours(images, aux=True)
 
     def leaf(t):
         return t.detach().requires_grad_()
@@ -223,7 +224,7 @@ def main() -> int:
 
     def ours_step(criterion):
         def step():
-            losses = criterion(ours(images), targets)
+            losses = criterion(ours(images, aux=True), targets)
             total = weighted_total(losses, weights)
             total.backward()
             ours.zero_grad(set_to_none=True)
