@@ -440,3 +440,22 @@ def test_one_batch_overfit(tiny_cfg, tmp_path):
     )
     assert scores["RQ"] == 100.0 and scores["PQ"] >= 99.0, scores
     shutil.rmtree(tmp_path / "run")
+
+
+def test_bad_label_stops_before_the_first_step(tiny_cfg, tmp_path):
+    """A panoptic PNG id that its JSON does not list is reported, naming the file, before any step."""
+    from PIL import Image
+
+    from maskformer.data.coco import id2rgb, rgb2id
+    from maskformer.errors import DatasetError
+
+    data = write_equal_dataset(tmp_path / "data", n=2)
+    png = sorted((data / "panoptic").glob("*.png"))[0]
+    ids = rgb2id(np.asarray(Image.open(png).convert("RGB")))
+    ids[:4, :4] = 77  # a segment id absent from segments_info
+    Image.fromarray(id2rgb(ids)).save(png)
+    out = tmp_path / "run"
+    with pytest.raises(DatasetError, match=png.name):
+        train(small_cfg(tiny_cfg), TrainOptions(train=str(data), out=str(out), progress=False))
+    assert not list(out.glob("model_*.safetensors"))
+    assert not (out / "metrics.jsonl").exists() or not _metrics(out)

@@ -109,6 +109,11 @@ class _Run:
                 f"the validation data {opts.val} has {self.val.meta.num_classes} classes but the "
                 f"training data has {self.meta.num_classes}; use a split of the same dataset"
             )
+        # Read every label file before the first step: a bad label must be one clear error naming the
+        # file and the value, not a device-side assert hours into the run.
+        for ds in (self.dataset, self.val):
+            if ds is not None:
+                ds.validate()
         self.elapsed0 = 0.0
         self.resumed = False
         self.iteration = 0  # updates done so far (for messages)
