@@ -12,7 +12,9 @@ import gradio as gr
 import pandas as pd
 
 from app import finetune as ft
-from app.finetune import Finetuner, ModelSwitcher, Progress, Settings
+from app import versions as mv
+from app.finetune import Finetuner, Progress, Settings
+from app.versions import ModelSwitcher
 from maskformer.errors import UserError
 
 POLL_S = 1.0  # timer period while the tab is open
@@ -75,12 +77,12 @@ def compare_frame(result: dict[str, Any] | None, new_classes: list[str]) -> dict
     if result:
         b, a = result.get("before", {}), result.get("after", {})
         for key in ("PQ", "SQ", "RQ", "mIoU", "pAcc"):
-            rows.append([key, ft._fmt(b.get(key)), ft._fmt(a.get(key))])
+            rows.append([key, mv.fmt_metric(b.get(key)), mv.fmt_metric(a.get(key))])
         pb, pa = b.get("per_class", {}), a.get("per_class", {})
         for name in dict.fromkeys([*pb, *pa]):
             label = f"PQ {name}" + (" (new class)" if name in new_classes else "")
-            rows.append([label, ft._fmt(pb.get(name, {}).get("PQ")),
-                         ft._fmt(pa.get(name, {}).get("PQ"))])
+            rows.append([label, mv.fmt_metric(pb.get(name, {}).get("PQ")),
+                         mv.fmt_metric(pa.get(name, {}).get("PQ"))])
     return {"data": rows, "headers": COMPARE_HEADERS}
 
 
@@ -132,7 +134,7 @@ def build_train_tab(ctx: Any, device: str | None = None) -> None:
         log_box = gr.Textbox(label="End of the job's log", lines=8, visible=False,
                              elem_id="train-log")
         gr.Markdown("### Model versions")
-        versions = gr.Dataframe(headers=ft.VERSION_HEADERS, interactive=False,
+        versions = gr.Dataframe(headers=mv.VERSION_HEADERS, interactive=False,
                                 elem_id="versions-table")
         with gr.Row():
             version_dd = gr.Dropdown([], label="Version", elem_id="version-select")
@@ -152,11 +154,11 @@ def build_train_tab(ctx: Any, device: str | None = None) -> None:
 
     def version_updates(selected: int | None = None) -> list[Any]:
         vs = ws.model_versions()
-        choices = [(ft.version_label(v), v.id) for v in reversed(vs)]
+        choices = [(mv.version_label(v), v.id) for v in reversed(vs)]
         current = ctx.model_version_id
         pick = selected if selected is not None else current
-        older = next((v.parent for v in vs if v.id == current), None)
-        return [{"data": ft.version_rows(ws), "headers": ft.VERSION_HEADERS},
+        older = next((v.parent for v in vs if v.id == pick), None)  # compare with its parent
+        return [{"data": mv.version_rows(ws), "headers": mv.VERSION_HEADERS},
                 gr.Dropdown(choices=choices, value=pick),
                 gr.Dropdown(choices=choices, value=older if older is not None else pick),
                 gr.Dropdown(choices=choices, value=pick)]
@@ -245,7 +247,7 @@ def build_train_tab(ctx: Any, device: str | None = None) -> None:
         if a is None or b is None:
             raise UserError("choose two versions to compare")
         va, vb = ws.model_version(int(a)), ws.model_version(int(b))
-        return {"data": ft.compare_rows(ws, va.id, vb.id),
+        return {"data": mv.compare_rows(ws, va.id, vb.id),
                 "headers": ["metric", f"v{va.id}", f"v{vb.id}"]}
 
     switch_btn.click(switch, [version_dd], version_out, api_name="switch_version",

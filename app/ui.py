@@ -56,8 +56,8 @@ def guard(n_outputs: int):
 
 def build_ui(ctx: AppContext) -> gr.Blocks:
     """All components and events. Every event has an ``api_name`` for gradio_client."""
-    # meta follows model switches from the Train tab (app/finetune.py: ModelSwitcher)
-    from app.finetune import live_meta
+    # meta follows model switches from the Train tab (app/versions.py: ModelSwitcher)
+    from app.versions import live_meta
 
     ws, meta = ctx.workspace, live_meta(ctx)
     with gr.Blocks(title="MaskFormer Studio") as demo:

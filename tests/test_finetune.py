@@ -27,22 +27,19 @@ from app.editing import make_annotation
 from app.finetune import (
     FinetuneError,
     Finetuner,
-    ModelSwitcher,
     Settings,
-    compare_rows,
     eta_seconds,
-    live_meta,
     loss_curve,
     meta_for,
     num_heldout,
     readiness,
     split_holdout,
     training_categories,
-    version_rows,
 )
 from app.finetune_job import base_predictor, export_images, train_command
 from app.session import Session
 from app.store import Workspace, WorkspaceError
+from app.versions import ModelSwitcher, compare_rows, live_meta, version_rows
 from app_helpers import ROOT, tiny_checkpoint
 from maskformer.checkpoint import load_checkpoint, save_checkpoint
 from maskformer.config import DatasetMeta
@@ -306,7 +303,7 @@ DEMO = ROOT / "checkpoints" / "demo.safetensors"
 NEW_CLASS = "clear sky"  # the user's name for what the model calls "sky": a class it lacks
 SOURCE_CLASS = "sky"
 E2E_BASE_ITERS = 200
-E2E_ITERS = 60
+E2E_ITERS = 150
 
 
 def _train_base(tmp_path: Path, data: Path, n: int) -> Path:
@@ -330,7 +327,7 @@ def _train_base(tmp_path: Path, data: Path, n: int) -> Path:
            "--input.min_size_train=48,56,64,72,80", "--input.max_size_train=256",
            "--input.min_size_test=64", "--input.max_size_test=256",
            "--train", str(tmp_path / "base_data"), "--out", str(out), "--device", "cpu",
-           "--iters", str(E2E_BASE_ITERS), "--batch", "4", "--no-progress",
+           "--iters", str(E2E_BASE_ITERS), "--batch", "4", "--lr", "1e-3", "--no-progress",
            "--checkpoint-period", "100000"]
     subprocess.run(cmd, cwd=ROOT, check=True, timeout=1500, stdout=subprocess.DEVNULL)
     return out / "model_final.safetensors"

@@ -92,6 +92,10 @@ def test_one_click_finetune_in_the_browser(tmp_path, shots):
                 wait_text(page, "train-compare", "PQ")
                 wait_text(page, "versions-table", "v2.safetensors")
                 shot(page, shots, "4-finished")
+                page.click("#compare-btn")  # the new version against its parent
+                wait_text(page, "compare-table", "mIoU")
+                assert "v1" in text_of(page, "compare-table")
+                assert "v2" in text_of(page, "compare-table")
                 # Switch the app to the new version, then roll back to its parent.
                 page.click("#version-switch")
                 wait_text(page, "version-status", "now uses v2")
