@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from app.jobs import JobInfo, JobRunner, JobState
+from app.jobs import JobBusyError, JobInfo, JobRunner, JobState
 from app.store import Category, ImageRecord, Workspace
 from maskformer.config import DatasetMeta
 from maskformer.errors import UserError
@@ -329,6 +329,9 @@ class Finetuner:
 
     def start(self, base_checkpoint: str | Path, base_version: int | None,
               base_meta: DatasetMeta, settings: Settings = Settings()) -> JobInfo:
+        if self.runner.busy():  # checked again under the lock by the runner
+            raise JobBusyError("a fine-tune is already running in this workspace; wait for it "
+                               "or cancel it")
         spec = self.prepare(base_checkpoint, base_version, base_meta, settings)
         return self.launch(spec)
 

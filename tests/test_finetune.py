@@ -299,17 +299,16 @@ def test_base_checkpoint_registers_an_unregistered_model(tmp_path):
 
 # ------------------------------------------------------------------------------------ end to end
 
-DEMO = ROOT / "checkpoints" / "demo.safetensors"
 NEW_CLASS = "clear sky"  # the user's name for what the model calls "sky": a class it lacks
 SOURCE_CLASS = "sky"
-E2E_BASE_ITERS = 200
+E2E_BASE_ITERS = 400
 E2E_ITERS = 150
 
 
 def _train_base(tmp_path: Path, data: Path, n: int) -> Path:
-    """A briefly trained tiny base (64-px images, timm's test_resnet) made by the train command,
-    used when the shipped demo checkpoint is not there. It learns from the first ``n`` images
-    with water labelled grass (7 classes: fewer to tell apart in a few hundred iterations)."""
+    """A briefly trained tiny base (64-px images, timm's test_resnet) made by the train command.
+    It learns from the first ``n`` images with water labelled grass (7 classes: fewer to tell
+    apart in a few hundred iterations)."""
     src = open_dataset(data)
     names = synthetic_meta().class_names
     keep = [i for i, name in enumerate(names) if name != "water"]
@@ -359,7 +358,10 @@ def test_finetune_end_to_end_new_class_survives_a_kill(tmp_path):
     the new class rises."""
     data = write_synthetic_dataset(tmp_path / "synth", 40, seed=0, size=64)
     src = open_dataset(data)
-    base_ck = DEMO if DEMO.is_file() else _train_base(tmp_path, data, 20)
+    # Always a base trained here, not checkpoints/demo.safetensors: the shipped demo is weak on
+    # stuff classes (its README: PQ_st 0.0 after 500 iterations) and may change; this base is
+    # seeded, so the test is the same wherever it runs.
+    base_ck = _train_base(tmp_path, data, 20)
     ws = Workspace(tmp_path / "ws")
     ctx = make_context(Predictor(base_ck, device="cpu"), ws, checkpoint=base_ck)
     base_classes = ctx.meta.num_classes
