@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import gradio as gr
@@ -14,6 +13,7 @@ import pandas as pd
 from app import finetune as ft
 from app import versions as mv
 from app.finetune import Finetuner, Progress, Settings
+from app.guard import guard
 from app.versions import ModelSwitcher
 from maskformer.errors import UserError
 
@@ -25,22 +25,6 @@ runs in its own process: the app stays usable, and a crash there cannot stop it.
 new **model version**; switch to it (or back) below without restarting."""
 
 
-def _guard(n_outputs: int):
-    """Show a ``UserError`` as a warning toast and leave every output unchanged."""
-
-    def wrap(fn):
-        @functools.wraps(fn)
-        def run(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except UserError as e:
-                gr.Warning(str(e))
-                skip = tuple(gr.skip() for _ in range(n_outputs))
-                return skip if n_outputs > 1 else skip[0]
-
-        return run
-
-    return wrap
 
 
 def _duration(s: float | None) -> str:
@@ -199,7 +183,7 @@ def build_train_tab(ctx: Any, device: str | None = None) -> None:
 
     # ------------------------------------------------------------------ actions
 
-    @_guard(2)
+    @guard(2)
     def start(n_iters, n_batch):
         base_path, base_version = switcher.base_checkpoint()
         info = tuner.start(base_path, base_version, ctx.meta,
@@ -208,12 +192,12 @@ def build_train_tab(ctx: Any, device: str | None = None) -> None:
         gr.Info(f"Fine-tune started (job {info.job_id}).")
         return None, f"**Starting** — job {info.job_id}"
 
-    @_guard(2)
+    @guard(2)
     def cancel():
         st = tuner.cancel()
         return None, f"**{st.state.capitalize()}** — {st.message}"
 
-    @_guard(2)
+    @guard(2)
     def resume():
         info = tuner.resume()
         gr.Info(f"Resuming job {info.job_id}.")
@@ -228,7 +212,7 @@ def build_train_tab(ctx: Any, device: str | None = None) -> None:
 
     version_out = [version_md, versions, version_dd, cmp_a, cmp_b]
 
-    @_guard(len(version_out))
+    @guard(len(version_out))
     def switch(version_id):
         if version_id is None:
             raise UserError("choose a version first")
@@ -236,13 +220,13 @@ def build_train_tab(ctx: Any, device: str | None = None) -> None:
         return ((f"The app now uses **v{v.id}** ({v.path}). Open an image again to see its "
                 "predictions."), *version_updates(v.id))
 
-    @_guard(len(version_out))
+    @guard(len(version_out))
     def rollback():
         v = switcher.rollback()
         return (f"Rolled back: the app now uses **v{v.id}** ({v.path}).",
                 *version_updates(v.id))
 
-    @_guard(1)
+    @guard(1)
     def compare(a, b):
         if a is None or b is None:
             raise UserError("choose two versions to compare")

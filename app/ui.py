@@ -1,6 +1,5 @@
 """The Gradio layout and its wiring to ``app.callbacks``; no logic of its own beyond glue."""
 
-import functools
 import logging
 
 import gradio as gr
@@ -8,6 +7,7 @@ import gradio as gr
 from app import callbacks as cb
 from app import views
 from app.callbacks import AppContext
+from app.guard import guard
 from app.render import hex_color
 from app.session import Session
 from maskformer.errors import UserError
@@ -36,22 +36,6 @@ green paints a new segment of the chosen class); then press *Apply brush*. Save 
 correction in the workspace."""
 
 
-def guard(n_outputs: int):
-    """Show a ``UserError`` as a warning toast and leave every output unchanged."""
-
-    def wrap(fn):
-        @functools.wraps(fn)
-        def run(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except UserError as e:
-                gr.Warning(str(e))
-                skip = tuple(gr.skip() for _ in range(n_outputs))
-                return skip if n_outputs > 1 else skip[0]
-
-        return run
-
-    return wrap
 
 
 def build_ui(ctx: AppContext) -> gr.Blocks:
