@@ -111,6 +111,14 @@ def wait_first_area(page, condition: str):
                            f"return {condition}; }}")
 
 
+def editor_canvas(page) -> dict:
+    """The brush canvas's box in viewport coordinates (what page.mouse uses), after scrolling it
+    into view; measure it again after anything that may scroll the page."""
+    canvas = page.locator("#brush-editor canvas").first
+    canvas.scroll_into_view_if_needed()
+    return canvas.bounding_box()
+
+
 def stroke(page, box, x0, y0, x1, y1, steps=12):
     page.mouse.move(box["x"] + x0, box["y"] + y0)
     page.mouse.down()
@@ -174,7 +182,7 @@ def test_user_journey(page, shots, tmp_path):
     choose(page, "segment-select", "1: ")
     area0 = int(table_rows(page, "segments-table")[0][3])
     wait_editor(page, f"Brush on 1: kite ({area0} px)")
-    canvas = page.locator("#brush-editor canvas").first.bounding_box()
+    canvas = editor_canvas(page)
     cx, cy = canvas["width"] / 2, canvas["height"] / 2
     stroke(page, canvas, cx - 60, cy - 40, cx + 60, cy + 40)
     shot(page, shots, "08-brush-painted")
@@ -186,9 +194,13 @@ def test_user_journey(page, shots, tmp_path):
     shot(page, shots, "09-brush-applied")
     page.click("#brush-editor button[aria-label='Color']")
     page.click("#brush-editor button.color[style*='204, 50, 50']")
+    canvas = editor_canvas(page)  # clicking Apply scrolled the page: measure again
     stroke(page, canvas, cx - 60, cy - 40, cx + 60, cy + 40)
+    shot(page, shots, "09b-erase-painted")
     page.click("#apply-brush")
     wait_first_area(page, f"a < {area1}")
+    # the red stroke covers exactly the green one's pixels: all that was added is gone again
+    assert int(table_rows(page, "segments-table")[0][3]) <= area0
     wait_editor(page, "Brush on 1: kite (")
     shot(page, shots, "10-brush-removed")
 
