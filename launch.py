@@ -16,8 +16,9 @@ DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "demo.safetensors"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="MaskFormer Studio: inspect and correct segmentations.")
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
-                   help=f"native .safetensors checkpoint (default: {DEFAULT_CHECKPOINT})")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="native .safetensors checkpoint (default: the workspace's active model "
+                        f"version, e.g. the last fine-tune, else {DEFAULT_CHECKPOINT})")
     p.add_argument("--workspace", type=Path, default=ROOT / "workspace",
                    help="workspace folder (created if missing; default: ./workspace)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
@@ -30,15 +31,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def startup_checkpoint(checkpoint: Path | None, workspace) -> tuple[Path, str]:
+    """The model to serve and why: the one asked for, else the workspace's active model version
+    (the version the app was switched to, e.g. by a fine-tune, before it was stopped), else the
+    shipped demo."""
+    if checkpoint is not None:
+        return checkpoint, "as asked"
+    active = workspace.active_model_version()
+    if active is not None and Path(active.path).is_file():
+        return Path(active.path), f"the workspace's active model version v{active.id}"
+    return DEFAULT_CHECKPOINT, "the shipped demo model"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not args.checkpoint.is_file():
-        hint = ("make one with `python -m maskformer synth --out runs/synth && python -m "
-                "maskformer train --preset maskformer_tiny --train runs/synth --out runs/demo` "
-                "(see checkpoints/README.md), or pass --checkpoint PATH"
-                if args.checkpoint == DEFAULT_CHECKPOINT else "pass an existing --checkpoint PATH")
-        print(f"error: checkpoint {args.checkpoint} not found; {hint}", file=sys.stderr)
-        return 2
     auth = None
     if args.auth:
         user, sep, password = args.auth.partition(":")
@@ -50,8 +56,20 @@ def main(argv: list[str] | None = None) -> int:
     from maskformer.errors import UserError
 
     try:
-        from app.callbacks import make_context
         from app.store import Workspace
+
+        workspace = Workspace(args.workspace)
+        explicit = args.checkpoint is not None
+        args.checkpoint, why = startup_checkpoint(args.checkpoint, workspace)
+        if not args.checkpoint.is_file():
+            hint = ("make one with `python -m maskformer synth --out runs/synth && python -m "
+                    "maskformer train --preset maskformer_demo --train runs/synth --out runs/demo` "
+                    "(see checkpoints/README.md), or pass --checkpoint PATH"
+                    if not explicit else "pass an existing --checkpoint PATH")
+            print(f"error: checkpoint {args.checkpoint} not found; {hint}", file=sys.stderr)
+            return 2
+
+        from app.callbacks import make_context
         from maskformer.inference import Predictor
 
         if args.threads:
@@ -59,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
             torch.set_num_threads(args.threads)
         predictor = Predictor(args.checkpoint, device=args.device)
-        ctx = make_context(predictor, Workspace(args.workspace), checkpoint=args.checkpoint)
+        ctx = make_context(predictor, workspace, checkpoint=args.checkpoint)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -67,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     from app.ui import CSS, HEAD, build_ui
 
     demo = build_ui(ctx)
-    print(f"MaskFormer Studio: http://{args.host}:{args.port}/  (workspace {args.workspace})",
-          flush=True)
+    print(f"MaskFormer Studio: http://{args.host}:{args.port}/  (workspace {args.workspace}; "
+          f"model {args.checkpoint}: {why})", flush=True)
     demo.queue(default_concurrency_limit=4, max_size=64).launch(
         server_name=args.host, server_port=args.port, auth=auth, show_error=True,
         max_file_size="50mb", allowed_paths=[str(args.workspace / "exports")],

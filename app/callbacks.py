@@ -43,12 +43,14 @@ class AppContext:
 
 def make_context(predictor: Any, workspace: Workspace, checkpoint: str | Path = "",
                  examples_dir: Path = EXAMPLES_DIR) -> AppContext:
-    """Register the model's classes (and the checkpoint as a model version) in the workspace."""
+    """Register the model's classes (and the checkpoint as a model version, made the active one:
+    the version the app serves, restored by the next start) in the workspace."""
     meta = predictor.meta
     version = next((v for v in workspace.model_versions() if v.path == str(checkpoint)), None)
     if version is None and checkpoint:
-        version = workspace.add_model_version(checkpoint,
-                                              active=workspace.active_model_version() is None)
+        version = workspace.add_model_version(checkpoint, active=True)
+    elif version is not None and not version.active:
+        workspace.set_active_model_version(version.id)
     test = getattr(getattr(predictor, "cfg", None), "test", None)
     return AppContext(
         predictor=predictor, workspace=workspace, meta=meta,
@@ -131,9 +133,19 @@ def _merge(ctx: AppContext, s: Session, score: float, overlap: float) -> None:
     s.merged = s.prediction.panoptic(float(score), float(overlap))
 
 
+def prediction_categories(ctx: AppContext, s: Session) -> list[int]:
+    """Workspace category id of each class of the model that made ``s.prediction``: after a model
+    switch an open image keeps the classes of the model that predicted it."""
+    meta = s.prediction.meta
+    if meta == ctx.meta:
+        return ctx.class_categories
+    return ctx.workspace.ensure_meta(meta)
+
+
 def merged_annotation(ctx: AppContext, s: Session) -> Annotation:
     """The current merge as an editable annotation (model classes -> workspace categories)."""
-    segs = [{"id": int(g["id"]), "category_id": ctx.class_categories[int(g["category_id"])],
+    cats = prediction_categories(ctx, s)
+    segs = [{"id": int(g["id"]), "category_id": cats[int(g["category_id"])],
              "isthing": bool(g["isthing"]), "query": int(g["query"]), "score": float(g["score"])}
             for g in s.merged.segments]
     return editing.make_annotation(s.merged.panoptic_seg.numpy(), segs)
@@ -238,8 +250,8 @@ def accept_query(ctx: AppContext, s: Session, query: Any) -> Session:
     mask = (s.mask_probs[q] >= 0.5).numpy()
     if not mask.any():
         raise EditError(f"query {q} has no pixel with mask probability >= 0.5")
-    ann, sid = editing.add_segment(s.annotation, mask, ctx.class_categories[label],
-                                   bool(ctx.meta.isthing[label]), query=q,
+    ann, sid = editing.add_segment(s.annotation, mask, prediction_categories(ctx, s)[label],
+                                   bool(s.prediction.meta.isthing[label]), query=q,
                                    score=float(probs[label]))
     s.push(ann)
     s.selected = sid
@@ -256,8 +268,8 @@ def swap_second_class(ctx: AppContext, s: Session, seg_id: Any) -> Session:
     if probs.numel() < 2:
         raise EditError("the model has only one class")
     second = int(probs.topk(2).indices[1])
-    s.push(editing.relabel(s.annotation, sid, ctx.class_categories[second],
-                           bool(ctx.meta.isthing[second])))
+    s.push(editing.relabel(s.annotation, sid, prediction_categories(ctx, s)[second],
+                           bool(s.prediction.meta.isthing[second])))
     s.selected = sid
     return s
 

@@ -2,9 +2,9 @@
 
 Steps, each skipped when a previous attempt of the same job finished it (so a killed job resumes):
 export the corrected images (train and held-out sets, base classes first), score the base model on
-the held-out set, run ``python -m maskformer train --init BASE --resume``, score the new model, copy
-it to ``<workspace>/models/v<N>.safetensors`` and register it as a version with its parent and
-scores. Progress goes to ``phase.json``; the outcome to ``result.json``. The app's current model
+the held-out set, run ``python -m maskformer train --init BASE --resume``, score the new model,
+copy it to ``<workspace>/models/finetune-<job>.safetensors`` and register it as a version with its
+parent and scores. Progress goes to ``phase.json``; the outcome to ``result.json``. The app's current model
 and its workspace rows are only touched by the last step, in one transaction.
 """
 
@@ -152,14 +152,16 @@ def train(spec: FinetuneSpec, train_dir: Path) -> Path:
 
 
 def register(ws: Workspace, spec: FinetuneSpec, final: Path, metrics: dict[str, Any]) -> int:
-    """Copy the checkpoint to ``models/v<N>.safetensors`` (atomic), then add the version row."""
+    """Copy the checkpoint to ``models/finetune-<job>.safetensors`` (atomic), then add the version
+    row. Idempotent: a job killed between the two steps and run again registers its one file once
+    (no orphan copies)."""
     models = ws.root / "models"
     models.mkdir(parents=True, exist_ok=True)
-    n = max((v.id for v in ws.model_versions()), default=0) + 1
-    while (models / f"v{n}.safetensors").exists():
-        n += 1
-    dest = models / f"v{n}.safetensors"
-    tmp = models / f".v{n}.safetensors.tmp"
+    dest = models / f"finetune-{Path(spec.job_dir).name}.safetensors"
+    known = next((v for v in ws.model_versions() if v.path == str(dest)), None)
+    if known is not None:
+        return known.id
+    tmp = models / f".{dest.name}.tmp"
     shutil.copyfile(final, tmp)
     os.replace(tmp, dest)
     return ws.add_model_version(dest, parent=spec.base_version, metrics=metrics).id

@@ -40,10 +40,13 @@ correction in the workspace."""
 
 def build_ui(ctx: AppContext) -> gr.Blocks:
     """All components and events. Every event has an ``api_name`` for gradio_client."""
-    # meta follows model switches from the Train tab (app/versions.py: ModelSwitcher)
-    from app.versions import live_meta
+    ws = ctx.workspace
 
-    ws, meta = ctx.workspace, live_meta(ctx)
+    def shown_meta(s: Session):
+        """The classes of the model that predicted the open image: after a model switch (Train
+        tab) an open image keeps its own until it is opened again."""
+        return s.prediction.meta if s.prediction is not None else ctx.meta
+
     with gr.Blocks(title="MaskFormer Studio") as demo:
         state = gr.State(Session(score_threshold=ctx.default_score,
                                  overlap_threshold=ctx.default_overlap))
@@ -197,10 +200,11 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                     views.status_line(ws, s))
 
         def merge_values(s, dropped):
-            sem, sem_cmap = views.semantic_view(meta, s)
+            sem, sem_cmap = views.semantic_view(shown_meta(s), s)
             return (gr.AnnotatedImage(value=sem, color_map=sem_cmap),
-                    views.instance_view(meta, s), views.gallery(meta, s, dropped),
-                    gr.Dropdown(choices=views.dropped_choices(meta, s), value=None))
+                    views.instance_view(shown_meta(s), s),
+                    views.gallery(shown_meta(s), s, dropped),
+                    gr.Dropdown(choices=views.dropped_choices(shown_meta(s), s), value=None))
 
         edit_out = [state, panoptic, segments_table, segment_dd, merge_dd, class_dd, editor,
                     status]
@@ -250,7 +254,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
 
         @guard(2)
         def show_gallery(s, dropped):
-            return s, views.gallery(meta, s, dropped)
+            return s, views.gallery(shown_meta(s), s, dropped)
 
         dropped_only.change(show_gallery, [state, dropped_only], [state, gallery],
                             api_name="gallery")
@@ -261,7 +265,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         def query_detail(s, q):
             if q is None:
                 raise UserError("enter a query index")
-            d = views.query_detail(meta, s, int(q))
+            d = views.query_detail(shown_meta(s), s, int(q))
             return d.heatmap, d.top5, d.text, int(q)
 
         def gallery_select(s, evt: gr.SelectData):
@@ -278,7 +282,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         def probe(s, x, y):
             if x is None or y is None:
                 raise UserError("enter x and y, or click the original image")
-            text, rows = views.probe(meta, ws, s, int(x), int(y))
+            text, rows = views.probe(shown_meta(s), ws, s, int(x), int(y))
             return text, rows, int(x), int(y)
 
         def probe_select(s, evt: gr.SelectData):

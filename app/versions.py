@@ -115,18 +115,3 @@ class ModelSwitcher:
 def _device_of(predictor: Any) -> str | None:
     dev = getattr(predictor, "device", None)
     return None if dev is None else str(dev)
-
-
-class LiveMeta:
-    """The current model's ``DatasetMeta``, read through the context at each use, for code that
-    captured ``ctx.meta`` once (the UI's closures) and must follow model switches."""
-
-    def __init__(self, ctx: Any):
-        self._ctx = ctx
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._ctx.meta, name)
-
-
-def live_meta(ctx: Any) -> LiveMeta:
-    return LiveMeta(ctx)

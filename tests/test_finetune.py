@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from app import callbacks as cb
-from app import transfer
+from app import transfer, views
 from app.callbacks import make_context
 from app.editing import make_annotation
 from app.finetune import (
@@ -39,7 +39,7 @@ from app.finetune import (
 from app.finetune_job import base_predictor, export_images, train_command
 from app.session import Session
 from app.store import Workspace, WorkspaceError
-from app.versions import ModelSwitcher, compare_rows, live_meta, version_rows
+from app.versions import ModelSwitcher, compare_rows, version_rows
 from app_helpers import ROOT, tiny_checkpoint
 from maskformer.checkpoint import load_checkpoint, save_checkpoint
 from maskformer.config import DatasetMeta
@@ -189,6 +189,25 @@ def test_train_command_resumes_from_the_base(tmp_path):
     assert schedule(6)["log_period"] == 1  # a tiny run still logs several points
 
 
+def test_register_is_idempotent(tmp_path):
+    """A job killed after copying its model but before adding the row, then run again, ends with
+    one version and one file."""
+    from app.finetune import FinetuneSpec, schedule
+    from app.finetune_job import register
+
+    ws = Workspace(tmp_path / "ws")
+    final = tiny_checkpoint(tmp_path / "final.safetensors")
+    spec = FinetuneSpec(workspace=str(ws.root), job_dir=str(ws.root / "finetune" / "job1"),
+                        base_checkpoint="b.safetensors", base_version=None, train_images=[1],
+                        heldout_images=[2], category_ids=[1], base_classes=1, iters=10, batch=2,
+                        lr=None, device="cpu", **schedule(10))
+    first = register(ws, spec, final, {"PQ": 1.0})
+    assert register(ws, spec, final, {"PQ": 1.0}) == first
+    assert [v.id for v in ws.model_versions()] == [first]
+    assert sorted(p.name for p in (ws.root / "models").iterdir()) == [
+        "finetune-job1.safetensors"]
+
+
 def test_progress_from_metrics_lines():
     records = [{"iter": 10, "loss": 5.0, "time": 20.0}, {"iter": 20, "loss": 4.0, "time": 30.0},
                {"iter": 20, "eval": {"PQ": 1.0}}, {"iter": 30, "loss": float("nan"), "time": 40.0}]
@@ -247,20 +266,31 @@ def test_switch_and_rollback_replace_the_shared_predictor(tmp_path):
     ctx, ws, v2 = _ctx_with_versions(tmp_path)
     v1 = ctx.model_version_id
     old_predictor = ctx.predictor
-    meta_view = live_meta(ctx)  # what the UI's closures hold
     sw = ModelSwitcher(ctx, device="cpu")
     sw.switch(v2.id)
     assert ctx.predictor is not old_predictor and ctx.model_version_id == v2.id
-    assert ctx.meta.num_classes == 9 and meta_view.class_names[8] == "lake"
+    assert ctx.meta.num_classes == 9 and ctx.meta.class_names[8] == "lake"
     assert ws.active_model_version().id == v2.id
     lake = ws.category_by_name("lake")
     assert ctx.class_categories[8] == lake.id
     image = np.zeros((48, 48, 3), np.uint8)
     assert ctx.predictor.predict(image).class_logits.shape == (20, 10)
     assert old_predictor.predict(image).class_logits.shape == (20, 9)  # old one still works
+    s = cb.open_example(ctx, Session(), ctx.examples[0].name, 0.0, 0.0)  # predicted by v2
     back = sw.rollback()
     assert back.id == v1 and ctx.model_version_id == v1 and ctx.meta.num_classes == 8
-    assert meta_view.num_classes == 8 and ws.active_model_version().id == v1
+    assert ws.active_model_version().id == v1
+    # the open image keeps v2's 9 classes: its views and edits still work after the rollback
+    lake_q = int(s.prediction.mask_areas.argmax())  # make the largest query a sure "lake"
+    logits = s.prediction.class_logits.clone()
+    logits[lake_q] = torch.tensor([2.0] + [0.0] * 7 + [12.0, 0.0])  # lake; 2nd class: 0
+    s.prediction = replace(s.prediction, class_logits=logits)  # derived values recomputed
+    cb.remerge(ctx, s, 0.0, 0.0)
+    assert any(seg["category_id"] == lake.id for seg in s.annotation.segments)
+    assert views.query_detail(s.prediction.meta, s, lake_q).top5.get("lake", 0) > 0.9
+    sid = next(seg["id"] for seg in s.annotation.segments if seg.get("query") == lake_q)
+    cb.swap_second_class(ctx, s, sid)
+    assert s.annotation.segment(sid)["category_id"] == ctx.class_categories[0]
     with pytest.raises(WorkspaceError, match="no parent"):
         sw.rollback()
 
@@ -283,6 +313,29 @@ def test_version_table_and_compare(tmp_path):
     assert rows[1][4] == "yes"  # the base is active
     cmp = {r[0]: r[1:] for r in compare_rows(ws, ctx.model_version_id, v2.id)}
     assert cmp["PQ"] == ["—", "40.0"] and cmp["PQ lake"] == ["—", "30.0"]
+
+
+def test_restart_serves_the_active_version(tmp_path):
+    """After a switch (e.g. to a fine-tune result), `python launch.py` with no --checkpoint serves
+    that version again; an explicit --checkpoint wins and becomes the active version."""
+    sys.path.insert(0, str(ROOT))
+    import launch
+
+    ctx, ws, v2 = _ctx_with_versions(tmp_path)
+    fresh = Workspace(tmp_path / "fresh")
+    assert launch.startup_checkpoint(None, fresh) == (launch.DEFAULT_CHECKPOINT,
+                                                      "the shipped demo model")
+    ModelSwitcher(ctx, device="cpu").switch(v2.id)
+    reopened = Workspace(tmp_path / "ws")  # a new process opens the same folder
+    path, why = launch.startup_checkpoint(None, reopened)
+    assert path == Path(v2.path) and f"v{v2.id}" in why
+    v1_path = ws.model_version(v2.parent).path
+    assert launch.startup_checkpoint(Path(v1_path), reopened)[0] == Path(v1_path)
+    ctx1 = make_context(Predictor(v1_path, device="cpu"), reopened, checkpoint=v1_path)
+    assert reopened.active_model_version().id == ctx1.model_version_id == v2.parent
+    Path(v2.path).unlink()  # an active version whose file is gone: fall back to the demo
+    reopened.set_active_model_version(v2.id)
+    assert launch.startup_checkpoint(None, reopened)[0] == launch.DEFAULT_CHECKPOINT
 
 
 def test_base_checkpoint_registers_an_unregistered_model(tmp_path):
@@ -413,7 +466,8 @@ def test_finetune_end_to_end_new_class_survives_a_kill(tmp_path):
     result = p.result
     version = ws.model_version(result["version_id"])
     assert version.parent == base_version and Path(version.path).is_file()
-    assert version.path == str(ws.root / "models" / f"v{version.id}.safetensors")
+    assert version.path == str(ws.root / "models" / f"finetune-{Path(info.job_dir).name}"
+                                                     ".safetensors")
     assert version.metrics["new_classes"] == [NEW_CLASS]
     before = result["before"]["per_class"][NEW_CLASS]["PQ"]
     after = result["after"]["per_class"][NEW_CLASS]["PQ"]
