@@ -60,7 +60,7 @@ class ModelConfig:
     mask_dim: int = 256  # per-pixel embedding width
     norm: str = "GN"  # pixel decoder norm: GroupNorm(32, C)
     enc_layers: int = 0  # > 0: "+N Enc" TransformerEncoderPixelDecoder
-    transformer_in_feature: str = "res5"  # or "transformer_encoder"
+    transformer_in_feature: str = "res5"  # res2..res5 (a backbone feature) or "transformer_encoder"
     enforce_input_proj: bool = False
     deep_supervision: bool = True
     size_divisibility: int = 32  # model-level padding of the batch (0 for COCO panoptic)
@@ -396,6 +396,17 @@ def _tiny(backbone: str = "resnet10t") -> Config:
     )
 
 
+def _demo() -> Config:
+    """The shipped demo model's recipe: the tiny model with its decoder reading the stride-4 res2
+    features instead of res5 (an official TRANSFORMER_IN_FEATURE choice). At 128 px res5 is a 4 x 4
+    grid, too coarse for 20 queries to tell small shapes apart: in 300-iteration trials on the
+    synthetic data the matched-query CE fell to 1.85 (res5), 1.37 (res3) and 1.13 (res2)."""
+    cfg = _tiny("resnet10t")
+    return replace(cfg, model=replace(cfg.model, transformer_in_feature="res2"),
+                   solver=replace(cfg.solver, base_lr=1e-3, max_iter=3000, eval_period=1000,
+                                  checkpoint_period=1000))
+
+
 PRESETS = {
     "maskformer_r50_ade20k": lambda: _resnet_semantic("resnet50", 150, 512, 512, 2048, 160_000),
     "maskformer_r101_ade20k": lambda: _resnet_semantic("resnet101", 150, 512, 512, 2048, 160_000),
@@ -428,6 +439,7 @@ PRESETS = {
     "maskformer_swin_l_coco_panoptic": lambda: _coco_panoptic("swin_large"),
     "maskformer_tiny": lambda: _tiny("resnet10t"),
     "maskformer_tiny_swin": lambda: _tiny("swin"),
+    "maskformer_demo": _demo,
 }
 
 

@@ -84,6 +84,26 @@ def test_encoder_pixel_decoder_tiny(tiny_cfg):
     assert out["pred_masks"].shape == (1, cfg.num_queries, 18, 25)
 
 
+@pytest.mark.parametrize("feature", ["res2", "res3", "res4"])
+def test_decoder_can_read_another_backbone_feature(tiny_cfg, feature):
+    """TRANSFORMER_IN_FEATURE may name any backbone feature (the demo model reads res2)."""
+    model = build_model(replace(tiny_cfg.model, transformer_in_feature=feature)).eval()
+    channels = model.backbone.out_channels[feature]
+    proj = model.predictor.input_proj
+    if channels == tiny_cfg.model.hidden_dim:
+        assert isinstance(proj, torch.nn.Identity)
+    else:
+        assert proj.weight.shape[1] == channels
+    captured = {}
+    model.predictor.register_forward_pre_hook(lambda m, args: captured.update(x=args[0]))
+    out = model(torch.randn(1, 3, 64, 96))
+    stride = {"res2": 4, "res3": 8, "res4": 16}[feature]
+    assert captured["x"].shape[-2:] == (64 // stride, 96 // stride)
+    assert out["pred_masks"].shape == (1, tiny_cfg.model.num_queries, 16, 24)
+    with pytest.raises(ConfigError, match="res2..res5"):
+        build_model(replace(tiny_cfg.model, transformer_in_feature="res6"))
+
+
 def test_backward_reaches_every_trainable_parameter(tiny_cfg):
     model = build_model(tiny_cfg.model).train()
     out = model(torch.randn(2, 3, 64, 64))

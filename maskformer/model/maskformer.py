@@ -137,10 +137,10 @@ def build_model(cfg: ModelConfig) -> MaskFormer:
     """The network described by ``cfg`` (random init apart from ``cfg.pretrained`` backbones)."""
     if cfg.transformer_in_feature == "transformer_encoder" and cfg.enc_layers <= 0:
         raise ConfigError("transformer_in_feature='transformer_encoder' needs enc_layers > 0")
-    if cfg.transformer_in_feature not in ("res5", "transformer_encoder"):
+    if cfg.transformer_in_feature not in ("res2", "res3", "res4", "res5", "transformer_encoder"):
         raise ConfigError(
-            f"transformer_in_feature must be 'res5' or 'transformer_encoder', "
-            f"got {cfg.transformer_in_feature!r}"
+            f"transformer_in_feature must be a backbone feature (res2..res5, official default "
+            f"res5) or 'transformer_encoder', got {cfg.transformer_in_feature!r}"
         )
     backbone = build_backbone(cfg)
     pixel_decoder = build_pixel_decoder(
@@ -157,7 +157,7 @@ def build_model(cfg: ModelConfig) -> MaskFormer:
     in_channels = (
         cfg.conv_dim
         if cfg.transformer_in_feature == "transformer_encoder"
-        else backbone.out_channels["res5"]
+        else backbone.out_channels[cfg.transformer_in_feature]
     )
     predictor = TransformerPredictor(
         in_channels=in_channels,
