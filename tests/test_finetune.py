@@ -411,9 +411,8 @@ def test_finetune_end_to_end_new_class_survives_a_kill(tmp_path):
     the new class rises."""
     data = write_synthetic_dataset(tmp_path / "synth", 40, seed=0, size=64)
     src = open_dataset(data)
-    # Always a base trained here, not checkpoints/demo.safetensors: the shipped demo is weak on
-    # stuff classes (its README: PQ_st 0.0 after 500 iterations) and may change; this base is
-    # seeded, so the test is the same wherever it runs.
+    # Always a base trained here, not checkpoints/demo.safetensors: the shipped demo may change;
+    # this base is seeded, so the test is the same wherever it runs.
     base_ck = _train_base(tmp_path, data, 20)
     ws = Workspace(tmp_path / "ws")
     ctx = make_context(Predictor(base_ck, device="cpu"), ws, checkpoint=base_ck)

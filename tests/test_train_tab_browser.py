@@ -90,7 +90,7 @@ def test_one_click_finetune_in_the_browser(tmp_path, shots):
                 # The loss curve was drawn (vega renders it into the plot's canvas or svg).
                 page.wait_for_selector("#train-loss canvas, #train-loss svg")
                 wait_text(page, "train-compare", "PQ")
-                wait_text(page, "versions-table", "v2.safetensors")
+                wait_text(page, "versions-table", "finetune-")
                 shot(page, shots, "4-finished")
                 page.click("#compare-btn")  # the new version against its parent
                 wait_text(page, "compare-table", "mIoU")
@@ -108,6 +108,6 @@ def test_one_click_finetune_in_the_browser(tmp_path, shots):
             finally:
                 context.close()
         assert server.alive()
-        assert (ws_dir / "models" / "v2.safetensors").is_file()
+        assert Path(Workspace(ws_dir).model_version(2).path).is_file()
     finally:
         server.stop()

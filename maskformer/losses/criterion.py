@@ -73,7 +73,8 @@ class SetCriterion(nn.Module):
             ``loss_dice_i`` for each aux output i = 0..L-2; scalar tensors, unweighted.
         """
         num_masks = self.num_masks(targets, outputs["pred_logits"].device)
-        target_masks = _padded_target_masks(targets)
+        # float once here (the mask losses run in float32), not once per decoder layer
+        target_masks = [m.float() for m in _padded_target_masks(targets)]
         losses = self.layer_losses(outputs, targets, target_masks, num_masks)
         for i, aux in enumerate(outputs.get("aux_outputs") or []):
             aux_losses = self.layer_losses(aux, targets, target_masks, num_masks)
