@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,20 +24,9 @@ from app import callbacks as cb  # noqa: E402
 from app import views  # noqa: E402
 from app.session import Session  # noqa: E402
 from app.store import Workspace  # noqa: E402
-from bench.remerge import fake_outputs  # noqa: E402
+from bench.remerge import fake_outputs, median_ms  # noqa: E402
 from maskformer.config import generic_meta, get_preset  # noqa: E402
 from maskformer.inference import Prediction  # noqa: E402
-
-
-def _median_ms(fn, repeats: int) -> tuple[float, float]:
-    fn()  # warm-up
-    wall, cpu = [], []
-    for _ in range(repeats):
-        t, c = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)
-    return statistics.median(wall) * 1e3, statistics.median(cpu) * 1e3
 
 
 def main() -> None:
@@ -61,10 +48,10 @@ def main() -> None:
         s = Session(image_id=1, image=image, prediction=pred, mask_probs=pred.mask_probs)
         cb.remerge(ctx, s, 0.8, 0.8)  # fills the Prediction's caches, as opening an image does
         pairs = iter([(0.8, 0.8), (0.7, 0.75)] * (args.repeats + 1))
-        merge = _median_ms(lambda: cb.remerge(ctx, s, *next(pairs)), args.repeats)
-        rows = _median_ms(lambda: views.segment_rows(ws, s), args.repeats)
-        pan = _median_ms(lambda: views.panoptic_view(ws, s), args.repeats)
-        inst = _median_ms(lambda: views.instance_view(meta, s), args.repeats)
+        merge = median_ms(lambda: cb.remerge(ctx, s, *next(pairs)), args.repeats)
+        rows = median_ms(lambda: views.segment_rows(ws, s), args.repeats)
+        pan = median_ms(lambda: views.panoptic_view(ws, s), args.repeats)
+        inst = median_ms(lambda: views.instance_view(meta, s), args.repeats)
     print(f"torch threads {torch.get_num_threads()}; {args.size}x{args.size}, Q={args.queries}, "
           f"K={args.classes}; {len(s.annotation.segments)} segments, "
           f"{len(s.merged.dropped)} dropped")

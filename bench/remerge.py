@@ -47,7 +47,7 @@ def fake_outputs(q: int, k: int, size: int, seed: int = 0) -> tuple[torch.Tensor
     return class_logits, mask_logits
 
 
-def _time(fn, repeats: int) -> tuple[float, float]:
+def median_ms(fn, repeats: int) -> tuple[float, float]:
     """Median wall-clock and CPU (process) milliseconds; CPU time is less sensitive to other load."""
     fn()  # warm-up
     wall, cpu = [], []
@@ -86,7 +86,7 @@ def main() -> None:
         "instance_inference top-100": lambda: instance_inference(
             class_logits, mask_logits, topk=100, mask_probs=probs),
     }
-    res = {name: _time(fn, args.repeats) for name, fn in rows.items()}
+    res = {name: median_ms(fn, args.repeats) for name, fn in rows.items()}
     print(f"{'':40s} {'wall ms':>8s} {'cpu ms':>8s}   (median of {args.repeats})")
     for name, (wall, cpu) in res.items():
         print(f"{name:40s} {wall:8.1f} {cpu:8.1f}")
