@@ -21,6 +21,11 @@ from maskformer.data.synthetic import synthetic_meta
 from maskformer.inference import Prediction
 
 ROOT = Path(__file__).resolve().parents[1]
+# Real-browser tests: Debian's Chromium driven by Playwright (never `playwright install`)
+CHROMIUM = Path("/usr/bin/chromium")
+BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+BROWSER_WAIT = 60_000  # ms: the shared 2-core machine can be slow
 K = 8  # synthetic classes: 0 circle, 1 square, 2 triangle, 3 star, 4 ring | 5 sky, 6 grass, 7 water
 
 
@@ -174,3 +179,12 @@ def shared_server() -> AppServer:
     if not server.alive():
         raise RuntimeError(f"the shared app stopped; see {server.log.name}")
     return server
+
+
+def screenshot_folder() -> Path:
+    """Where browser tests save their screenshots: ``$MFS_SCREENSHOTS`` (default
+    ``test-artifacts/screenshots``); printed so the test run says where they are."""
+    folder = Path(os.environ.get("MFS_SCREENSHOTS", ROOT / "test-artifacts" / "screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"\nscreenshots: {folder}")
+    return folder

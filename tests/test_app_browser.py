@@ -5,31 +5,29 @@ test prints the folder.
 """
 
 import json
-import os
 import re
 import tempfile
 import time
 import zipfile
-from pathlib import Path
 
 import pytest
 
-from app_helpers import ROOT, png_bytes, shared_server
+from app_helpers import (
+    BROWSER_FLAGS,
+    BROWSER_WAIT,
+    CHROMIUM,
+    png_bytes,
+    screenshot_folder,
+    shared_server,
+)
 
-CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [pytest.mark.slow, pytest.mark.browser,
               pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's /usr/bin/chromium")]
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-WAIT = 60_000  # ms: the shared 2-core machine can be slow
 
 
 @pytest.fixture(scope="module")
 def shots():
-    folder = Path(os.environ.get("MFS_SCREENSHOTS", ROOT / "test-artifacts" / "screenshots"))
-    folder.mkdir(parents=True, exist_ok=True)
-    print(f"\nscreenshots: {folder}")
-    return folder
+    return screenshot_folder()
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +37,10 @@ def page(shots):
     with sync_api.sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
             tempfile.mkdtemp(prefix="mfs-chromium-"), executable_path=str(CHROMIUM), headless=True,
-            args=FLAGS, viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+            args=BROWSER_FLAGS, viewport={"width": 1400, "height": 1000}, accept_downloads=True)
         try:
             pg = context.new_page()
-            pg.set_default_timeout(WAIT)
+            pg.set_default_timeout(BROWSER_WAIT)
             pg.goto(server.url)
             pg.wait_for_selector("#upload")
             yield pg
@@ -195,9 +193,11 @@ def test_user_journey(page, shots, tmp_path):
     # Gradio's editor sometimes stays "processing" after the redraw (seen on CI and here, about
     # one run in five; a stroke drawn then is lost): wait a while, else pick the segment again,
     # which redraws the editor, as a user would
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     try:
         wait_editor(page, f"({area1} px)", timeout=15_000)
-    except Exception:  # playwright's TimeoutError
+    except PlaywrightTimeout:
         choose(page, "segment-select", "(none")
         choose(page, "segment-select", "1: ")
         wait_editor(page, f"({area1} px)")

@@ -6,7 +6,6 @@ Screenshots go to ``$MFS_SCREENSHOTS`` (default ``test-artifacts/screenshots``),
 ``train-``.
 """
 
-import os
 import tempfile
 from pathlib import Path
 
@@ -14,24 +13,24 @@ import pytest
 
 from app import transfer
 from app.store import Workspace
-from app_helpers import ROOT, AppServer, tiny_checkpoint
+from app_helpers import (
+    BROWSER_FLAGS,
+    BROWSER_WAIT,
+    CHROMIUM,
+    AppServer,
+    screenshot_folder,
+    tiny_checkpoint,
+)
 from maskformer.data.synthetic import write_synthetic_dataset
 
-CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [pytest.mark.slow, pytest.mark.browser,
               pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's /usr/bin/chromium")]
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-WAIT = 60_000  # ms
 JOB_WAIT = 400_000  # ms: the job starts two Python processes that import torch on 2 busy cores
 
 
 @pytest.fixture(scope="module")
 def shots():
-    folder = Path(os.environ.get("MFS_SCREENSHOTS", ROOT / "test-artifacts" / "screenshots"))
-    folder.mkdir(parents=True, exist_ok=True)
-    print(f"\nscreenshots: {folder}")
-    return folder
+    return screenshot_folder()
 
 
 def shot(page, shots, name):
@@ -42,7 +41,7 @@ def text_of(page, elem_id: str) -> str:
     return page.inner_text(f"#{elem_id}")
 
 
-def wait_text(page, elem_id: str, needle: str, timeout: int = WAIT):
+def wait_text(page, elem_id: str, needle: str, timeout: int = BROWSER_WAIT):
     page.wait_for_function("([id, s]) => { const e = document.getElementById(id);"
                            " return e && e.innerText.includes(s); }", arg=[elem_id, needle],
                            timeout=timeout)
@@ -61,10 +60,10 @@ def test_one_click_finetune_in_the_browser(tmp_path, shots):
         with sync_api.sync_playwright() as pw:
             context = pw.chromium.launch_persistent_context(
                 tempfile.mkdtemp(prefix="mfs-chromium-"), executable_path=str(CHROMIUM),
-                headless=True, args=FLAGS, viewport={"width": 1400, "height": 1100})
+                headless=True, args=BROWSER_FLAGS, viewport={"width": 1400, "height": 1100})
             try:
                 page = context.new_page()
-                page.set_default_timeout(WAIT)
+                page.set_default_timeout(BROWSER_WAIT)
                 page.goto(server.url)
                 page.get_by_role("tab", name="Train").click()
                 # Too little data: the button is disabled and says why.
