@@ -69,18 +69,17 @@ class Session:
         self._fix_selection()
 
     def undo(self) -> None:
-        if not self.undo_stack:
-            raise EditError("nothing to undo")
-        self.redo_stack.append(self.annotation)  # type: ignore[arg-type]
-        self.annotation = self.undo_stack.pop()
-        self.dirty = True
-        self._fix_selection()
+        self._step(self.undo_stack, self.redo_stack, "undo")
 
     def redo(self) -> None:
-        if not self.redo_stack:
-            raise EditError("nothing to redo")
-        self.undo_stack.append(self.annotation)  # type: ignore[arg-type]
-        self.annotation = self.redo_stack.pop()
+        self._step(self.redo_stack, self.undo_stack, "redo")
+
+    def _step(self, source: list[Annotation], target: list[Annotation], what: str) -> None:
+        """Move one step of history from ``source`` to current, the current one onto ``target``."""
+        if not source:
+            raise EditError(f"nothing to {what}")
+        target.append(self.annotation)  # type: ignore[arg-type]
+        self.annotation = source.pop()
         self.dirty = True
         self._fix_selection()
 
