@@ -60,7 +60,7 @@ class ModelConfig:
     mask_dim: int = 256  # per-pixel embedding width
     norm: str = "GN"  # pixel decoder norm: GroupNorm(32, C)
     enc_layers: int = 0  # > 0: "+N Enc" TransformerEncoderPixelDecoder
-    transformer_in_feature: str = "res5"  # res2..res5 (a backbone feature) or "transformer_encoder"
+    transformer_in_feature: str = "res5"  # res2..res5, "transformer_encoder" or "pixel_embedding"
     enforce_input_proj: bool = False
     deep_supervision: bool = True
     size_divisibility: int = 32  # model-level padding of the batch (0 for COCO panoptic)

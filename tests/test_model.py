@@ -104,6 +104,18 @@ def test_decoder_can_read_another_backbone_feature(tiny_cfg, feature):
         build_model(replace(tiny_cfg.model, transformer_in_feature="res6"))
 
 
+def test_decoder_can_read_the_pixel_embedding(tiny_cfg):
+    """The official head's 'pixel_embedding' option: the decoder attends to the mask features."""
+    cfg = replace(tiny_cfg.model, transformer_in_feature="pixel_embedding", mask_dim=48)
+    model = build_model(cfg).eval()
+    assert model.predictor.input_proj.weight.shape[1] == 48  # mask_dim channels in
+    seen = {}
+    model.predictor.register_forward_pre_hook(lambda m, args: seen.update(x=args[0], f=args[1]))
+    out = model(torch.randn(1, 3, 64, 96))
+    assert seen["x"] is seen["f"]  # the same tensor the masks are made from
+    assert out["pred_masks"].shape == (1, cfg.num_queries, 16, 24)
+
+
 def test_backward_reaches_every_trainable_parameter(tiny_cfg):
     model = build_model(tiny_cfg.model).train()
     out = model(torch.randn(2, 3, 64, 64))

@@ -128,6 +128,8 @@ class MaskFormer(nn.Module):
         mask_features, encoder_features = self.pixel_decoder(features)
         if self.transformer_in_feature == "transformer_encoder":
             x = encoder_features
+        elif self.transformer_in_feature == "pixel_embedding":
+            x = mask_features
         else:
             x = features[self.transformer_in_feature]
         return self.predictor(x, mask_features, aux=self.training if aux is None else aux)
@@ -137,10 +139,13 @@ def build_model(cfg: ModelConfig) -> MaskFormer:
     """The network described by ``cfg`` (random init apart from ``cfg.pretrained`` backbones)."""
     if cfg.transformer_in_feature == "transformer_encoder" and cfg.enc_layers <= 0:
         raise ConfigError("transformer_in_feature='transformer_encoder' needs enc_layers > 0")
-    if cfg.transformer_in_feature not in ("res2", "res3", "res4", "res5", "transformer_encoder"):
+    if cfg.transformer_in_feature not in (
+        "res2", "res3", "res4", "res5", "transformer_encoder", "pixel_embedding"
+    ):
         raise ConfigError(
             f"transformer_in_feature must be a backbone feature (res2..res5, official default "
-            f"res5) or 'transformer_encoder', got {cfg.transformer_in_feature!r}"
+            f"res5), 'transformer_encoder' or 'pixel_embedding', got "
+            f"{cfg.transformer_in_feature!r}"
         )
     backbone = build_backbone(cfg)
     pixel_decoder = build_pixel_decoder(
@@ -154,11 +159,12 @@ def build_model(cfg: ModelConfig) -> MaskFormer:
         dropout=cfg.dropout,
         pre_norm=cfg.pre_norm,
     )
-    in_channels = (
-        cfg.conv_dim
-        if cfg.transformer_in_feature == "transformer_encoder"
-        else backbone.out_channels[cfg.transformer_in_feature]
-    )
+    if cfg.transformer_in_feature == "transformer_encoder":
+        in_channels = cfg.conv_dim
+    elif cfg.transformer_in_feature == "pixel_embedding":  # the mask features themselves
+        in_channels = cfg.mask_dim
+    else:
+        in_channels = backbone.out_channels[cfg.transformer_in_feature]
     predictor = TransformerPredictor(
         in_channels=in_channels,
         num_classes=cfg.num_classes,
