@@ -1,7 +1,7 @@
 """Training-step speed and memory: ours vs Hugging Face MaskFormer, same weights, same batch.
 
 Usage: ``python bench/train_step.py [--device cpu|cuda] [--size 512] [--batch 2] [--masks 5]
-[--runs 3] [--threads N]``.
+[--runs 5] [--threads N]``.
 
 One step = forward + loss (18 terms: final + 5 aux layers, official weights) + backward. Both
 models run in eval mode (no dropout, BN on running statistics) so that the losses can be compared
@@ -13,10 +13,13 @@ peak RSS during one step, reset through /proc/self/clear_refs), and the loss dif
 
 On the CPU the peaks come from a second process started with ``MALLOC_MMAP_THRESHOLD_=1MiB``, so
 that glibc hands every freed tensor back to the OS and each step's peak RSS starts from a clean
-baseline. The times come from this process with the default allocator: under that threshold
-every large tensor is a fresh mmap whose pages fault in on first touch, which added ~4 s of
-kernel time to each ~8 s step here and pulled every ratio towards 1. Our point-sampled loss (Mask2Former-style, 12544 points) is timed against HF's exact
-loss too. Goals: exact ≤ 1.0×, point-sampled ≤ 0.6×.
+baseline. The times come from a process whose glibc keeps freed memory for reuse
+(``MALLOC_MMAP_MAX_=0``, a huge ``MALLOC_TRIM_THRESHOLD_``; what the caching allocators that
+PyTorch's CPU tuning guides suggest, jemalloc / tcmalloc, also do). With the default settings
+every tensor over 32 MiB is a fresh mmap whose pages fault in on first touch: measured here,
+0.7-4.4 s of kernel time per ~7 s step, varying from step to step, more for HF than for us.
+Both models run in the same process under the same allocator. Our point-sampled loss
+(Mask2Former-style, 12544 points) is timed against HF's exact loss too. Goals: exact ≤ 1.0×, point-sampled ≤ 0.6×.
 """
 
 from __future__ import annotations
@@ -158,9 +161,13 @@ def peak_mib(steps: dict, device: torch.device) -> dict:
     return peaks
 
 
+_KEEP_FREED_MEMORY = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 36)}
+
+
 def cpu_peaks_in_child() -> dict:
     """Run this script again with ``--peaks-only`` under a 1 MiB mmap threshold; its peaks."""
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+    env = {k: v for k, v in os.environ.items() if k not in _KEEP_FREED_MEMORY}
+    env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
     cmd = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--peaks-only"]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -223,10 +230,13 @@ def main() -> int:
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--masks", type=int, default=5)
-    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--runs", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     p.add_argument("--peaks-only", action="store_true", help=argparse.SUPPRESS)  # the CPU child
     args = p.parse_args()
+    if args.device == "cpu" and not args.peaks_only and "MALLOC_MMAP_MAX_" not in os.environ:
+        # glibc reads these at start-up: re-exec so that timing is free of page-fault churn
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **_KEEP_FREED_MEMORY})
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
