@@ -19,7 +19,8 @@ PyTorch's CPU tuning guides suggest, jemalloc / tcmalloc, also do). With the def
 every tensor over 32 MiB is a fresh mmap whose pages fault in on first touch: measured here,
 0.7-4.4 s of kernel time per ~7 s step, varying from step to step, more for HF than for us.
 Both models run in the same process under the same allocator. Our point-sampled loss
-(Mask2Former-style, 12544 points) is timed against HF's exact loss too. Goals: exact ≤ 1.0×, point-sampled ≤ 0.6×.
+(Mask2Former-style, 12544 points) is timed against HF's exact loss too. Goals: exact ≤ 1.0×,
+point-sampled ≤ 0.6×.
 """
 
 from __future__ import annotations
@@ -150,9 +151,7 @@ def timed_round_robin(steps: dict, device: torch.device, runs: int) -> dict:
 
 
 def peak_mib(steps: dict, device: torch.device) -> dict:
-    """name -> peak MiB of one step (after a warm-up step of each)."""
-    for step in steps.values():
-        step()
+    """name -> peak MiB of one step of each; call it after a step of each has run (warm-up)."""
     peaks = {}
     for name, step in steps.items():
         with PeakMemory(device) as mem:
@@ -275,6 +274,8 @@ def main() -> int:
 
     steps = {"hf": hf_step, "exact": ours_step(exact), "points": ours_step(points)}
     if args.peaks_only:
+        for step in steps.values():  # warm-up
+            step()
         print(json.dumps(peak_mib(steps, device)))
         return 0
     print(

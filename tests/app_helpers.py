@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -188,3 +190,21 @@ def screenshot_folder() -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     print(f"\nscreenshots: {folder}")
     return folder
+
+
+@contextlib.contextmanager
+def browser_page(url: str, height: int):
+    """A Chromium page (fresh profile, 1400 x ``height``, downloads allowed) opened at ``url``."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            tempfile.mkdtemp(prefix="mfs-chromium-"), executable_path=str(CHROMIUM), headless=True,
+            args=BROWSER_FLAGS, viewport={"width": 1400, "height": height}, accept_downloads=True)
+        try:
+            page = context.new_page()
+            page.set_default_timeout(BROWSER_WAIT)
+            page.goto(url)
+            yield page
+        finally:
+            context.close()

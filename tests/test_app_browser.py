@@ -6,16 +6,14 @@ test prints the folder.
 
 import json
 import re
-import tempfile
 import time
 import zipfile
 
 import pytest
 
 from app_helpers import (
-    BROWSER_FLAGS,
-    BROWSER_WAIT,
     CHROMIUM,
+    browser_page,
     png_bytes,
     screenshot_folder,
     shared_server,
@@ -32,20 +30,10 @@ def shots():
 
 @pytest.fixture(scope="module")
 def page(shots):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    server = shared_server()
-    with sync_api.sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            tempfile.mkdtemp(prefix="mfs-chromium-"), executable_path=str(CHROMIUM), headless=True,
-            args=BROWSER_FLAGS, viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-        try:
-            pg = context.new_page()
-            pg.set_default_timeout(BROWSER_WAIT)
-            pg.goto(server.url)
-            pg.wait_for_selector("#upload")
-            yield pg
-        finally:
-            context.close()
+    pytest.importorskip("playwright.sync_api")
+    with browser_page(shared_server().url, height=1000) as pg:
+        pg.wait_for_selector("#upload")
+        yield pg
 
 
 _T0 = [time.perf_counter()]

@@ -6,7 +6,6 @@ Screenshots go to ``$MFS_SCREENSHOTS`` (default ``test-artifacts/screenshots``),
 ``train-``.
 """
 
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,10 +13,10 @@ import pytest
 from app import transfer
 from app.store import Workspace
 from app_helpers import (
-    BROWSER_FLAGS,
     BROWSER_WAIT,
     CHROMIUM,
     AppServer,
+    browser_page,
     screenshot_folder,
     tiny_checkpoint,
 )
@@ -48,7 +47,7 @@ def wait_text(page, elem_id: str, needle: str, timeout: int = BROWSER_WAIT):
 
 
 def test_one_click_finetune_in_the_browser(tmp_path, shots):
-    sync_api = pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("playwright.sync_api")
     data = write_synthetic_dataset(tmp_path / "synth", 8, seed=5, size=64)
     images = sorted((data / "images").iterdir())
     ws_dir = tmp_path / "workspace"
@@ -57,55 +56,46 @@ def test_one_click_finetune_in_the_browser(tmp_path, shots):
     server = AppServer(ckpt, ws_dir, tmp_path / "server.log")
     try:
         server.wait()
-        with sync_api.sync_playwright() as pw:
-            context = pw.chromium.launch_persistent_context(
-                tempfile.mkdtemp(prefix="mfs-chromium-"), executable_path=str(CHROMIUM),
-                headless=True, args=BROWSER_FLAGS, viewport={"width": 1400, "height": 1100})
-            try:
-                page = context.new_page()
-                page.set_default_timeout(BROWSER_WAIT)
-                page.goto(server.url)
-                page.get_by_role("tab", name="Train").click()
-                # Too little data: the button is disabled and says why.
-                wait_text(page, "train-ready", "at least 4 corrected images")
-                assert page.locator("#train-start").is_disabled()
-                shot(page, shots, "1-too-little-data")
-                # Corrections arrive (another user, or an import): the tab notices by itself.
-                transfer.import_source(ws, images[:2])  # images only: not corrected
-                transfer.import_source(ws, data)  # 8 corrected images
-                wait_text(page, "train-ready", "8 corrected images")
-                page.wait_for_function("!document.querySelector('#train-start').disabled")
-                page.fill("#train-iters input", "3")
-                page.fill("#train-batch input", "2")
-                shot(page, shots, "2-ready")
-                page.click("#train-start")
-                page.wait_for_selector("#train-progress-bar[data-state=running]")
-                assert not page.locator("#train-cancel").is_disabled()
-                shot(page, shots, "3-running")
-                page.wait_for_selector("#train-progress-bar[data-state=finished]",
-                                       timeout=JOB_WAIT)
-                wait_text(page, "train-status", "saved version v2")
-                assert "iteration 3/3" in text_of(page, "train-progress")
-                # The loss curve was drawn (vega renders it into the plot's canvas or svg).
-                page.wait_for_selector("#train-loss canvas, #train-loss svg")
-                wait_text(page, "train-compare", "PQ")
-                wait_text(page, "versions-table", "finetune-")
-                shot(page, shots, "4-finished")
-                page.click("#compare-btn")  # the new version against its parent
-                wait_text(page, "compare-table", "mIoU")
-                assert "v1" in text_of(page, "compare-table")
-                assert "v2" in text_of(page, "compare-table")
-                # Switch the app to the new version, then roll back to its parent.
-                page.click("#version-switch")
-                wait_text(page, "version-status", "now uses v2")
-                assert Workspace(ws_dir).active_model_version().id == 2
-                shot(page, shots, "5-switched")
-                page.click("#version-rollback")
-                wait_text(page, "version-status", "Rolled back")
-                assert Workspace(ws_dir).active_model_version().id == 1
-                shot(page, shots, "6-rolled-back")
-            finally:
-                context.close()
+        with browser_page(server.url, height=1100) as page:
+            page.get_by_role("tab", name="Train").click()
+            # Too little data: the button is disabled and says why.
+            wait_text(page, "train-ready", "at least 4 corrected images")
+            assert page.locator("#train-start").is_disabled()
+            shot(page, shots, "1-too-little-data")
+            # Corrections arrive (another user, or an import): the tab notices by itself.
+            transfer.import_source(ws, images[:2])  # images only: not corrected
+            transfer.import_source(ws, data)  # 8 corrected images
+            wait_text(page, "train-ready", "8 corrected images")
+            page.wait_for_function("!document.querySelector('#train-start').disabled")
+            page.fill("#train-iters input", "3")
+            page.fill("#train-batch input", "2")
+            shot(page, shots, "2-ready")
+            page.click("#train-start")
+            page.wait_for_selector("#train-progress-bar[data-state=running]")
+            assert not page.locator("#train-cancel").is_disabled()
+            shot(page, shots, "3-running")
+            page.wait_for_selector("#train-progress-bar[data-state=finished]",
+                                   timeout=JOB_WAIT)
+            wait_text(page, "train-status", "saved version v2")
+            assert "iteration 3/3" in text_of(page, "train-progress")
+            # The loss curve was drawn (vega renders it into the plot's canvas or svg).
+            page.wait_for_selector("#train-loss canvas, #train-loss svg")
+            wait_text(page, "train-compare", "PQ")
+            wait_text(page, "versions-table", "finetune-")
+            shot(page, shots, "4-finished")
+            page.click("#compare-btn")  # the new version against its parent
+            wait_text(page, "compare-table", "mIoU")
+            assert "v1" in text_of(page, "compare-table")
+            assert "v2" in text_of(page, "compare-table")
+            # Switch the app to the new version, then roll back to its parent.
+            page.click("#version-switch")
+            wait_text(page, "version-status", "now uses v2")
+            assert Workspace(ws_dir).active_model_version().id == 2
+            shot(page, shots, "5-switched")
+            page.click("#version-rollback")
+            wait_text(page, "version-status", "Rolled back")
+            assert Workspace(ws_dir).active_model_version().id == 1
+            shot(page, shots, "6-rolled-back")
         assert server.alive()
         assert Path(Workspace(ws_dir).model_version(2).path).is_file()
     finally:

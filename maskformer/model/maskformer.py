@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from maskformer.config import ConfigError, ModelConfig
 from maskformer.contracts import AuxOutput, MaskFormerOutput
-from maskformer.model.backbone import build_backbone
+from maskformer.model.backbone import RES_NAMES, build_backbone
 from maskformer.model.pixel_decoder import build_pixel_decoder, c2_xavier_fill
 from maskformer.model.position_encoding import PositionEmbeddingSine
 from maskformer.model.transformer_decoder import Transformer
@@ -139,9 +139,7 @@ def build_model(cfg: ModelConfig) -> MaskFormer:
     """The network described by ``cfg`` (random init apart from ``cfg.pretrained`` backbones)."""
     if cfg.transformer_in_feature == "transformer_encoder" and cfg.enc_layers <= 0:
         raise ConfigError("transformer_in_feature='transformer_encoder' needs enc_layers > 0")
-    if cfg.transformer_in_feature not in (
-        "res2", "res3", "res4", "res5", "transformer_encoder", "pixel_embedding"
-    ):
+    if cfg.transformer_in_feature not in (*RES_NAMES, "transformer_encoder", "pixel_embedding"):
         raise ConfigError(
             f"transformer_in_feature must be a backbone feature (res2..res5, official default "
             f"res5), 'transformer_encoder' or 'pixel_embedding', got "
