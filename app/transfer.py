@@ -10,13 +10,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from app.store import NewAnnotation, NewImage, Workspace, prepare_image
 from maskformer.config import DatasetMeta
 from maskformer.data import open_dataset
 from maskformer.data.coco import write_coco_instances, write_coco_panoptic
 from maskformer.data.datasets import IMAGE_EXTENSIONS
 from maskformer.errors import DatasetError, ImageReadError, UserError
-
-from app.store import NewAnnotation, NewImage, Workspace, prepare_image
 
 FORMATS = ("coco-panoptic", "coco-instances")
 

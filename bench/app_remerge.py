@@ -20,13 +20,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
-from app import callbacks as cb  # noqa: E402
-from app import views  # noqa: E402
-from app.session import Session  # noqa: E402
-from app.store import Workspace  # noqa: E402
-from bench.remerge import fake_outputs, median_ms  # noqa: E402
-from maskformer.config import generic_meta, get_preset  # noqa: E402
-from maskformer.inference import Prediction  # noqa: E402
+from app import callbacks as cb
+from app import views
+from app.session import Session
+from app.store import Workspace
+from bench.remerge import fake_outputs, median_ms
+from maskformer.config import generic_meta, get_preset
+from maskformer.inference import Prediction
 
 
 def main() -> None:

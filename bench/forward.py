@@ -16,24 +16,28 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
-from maskformer.converters.hf import convert_hf_state_dict, read_hf_directory  # noqa: E402
-from maskformer.model import build_model  # noqa: E402
+from maskformer.converters.hf import convert_hf_state_dict, read_hf_directory
+from maskformer.model import build_model
 
 
 def build_pair(num_classes: int = 150) -> tuple[nn.Module, nn.Module]:
     """A random HF R50 MaskFormer and ours converted from its saved files (both eval, fp32)."""
-    from transformers import MaskFormerConfig, MaskFormerForInstanceSegmentation, ResNetConfig
+    from transformers import (
+        MaskFormerConfig,
+        MaskFormerForInstanceSegmentation,
+        ResNetConfig,
+    )
 
     torch.manual_seed(0)
     bb = ResNetConfig(

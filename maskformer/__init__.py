@@ -6,8 +6,16 @@ Public API (stable paths): ``Config``, ``get_preset``, ``build_model``, ``load_m
 
 from maskformer.config import Config, DatasetMeta, get_preset
 
-__all__ = ["Config", "DatasetMeta", "get_preset", "build_model", "load_model", "save_checkpoint",
-           "Predictor", "Prediction"]
+__all__ = [
+    "Config",
+    "DatasetMeta",
+    "Prediction",
+    "Predictor",
+    "build_model",
+    "get_preset",
+    "load_model",
+    "save_checkpoint",
+]
 
 _LAZY = {
     "build_model": "maskformer.model",

@@ -177,7 +177,7 @@ class DatasetMeta:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DatasetMeta":
+    def from_dict(cls, d: dict[str, Any]) -> DatasetMeta:
         return cls(
             class_names=tuple(d["class_names"]),
             isthing=tuple(bool(x) for x in d["isthing"]),

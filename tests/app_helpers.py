@@ -127,7 +127,7 @@ class AppServer:
              "--workspace", str(workspace), "--port", str(self.port), *extra],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
-    def wait(self, timeout: float = 240) -> "AppServer":
+    def wait(self, timeout: float = 240) -> AppServer:
         end = time.time() + timeout
         while time.time() < end:
             if self.proc.poll() is not None:

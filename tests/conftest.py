@@ -6,10 +6,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from maskformer.config import apply_overrides, get_preset  # noqa: E402
+from maskformer.config import apply_overrides, get_preset
 
 
 @pytest.fixture(autouse=True)

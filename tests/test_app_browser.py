@@ -10,7 +10,6 @@ import time
 import zipfile
 
 import pytest
-
 from app_helpers import (
     CHROMIUM,
     browser_page,

@@ -10,10 +10,10 @@ import pytest
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
-from gradio_client import Client, handle_file  # noqa: E402
+from app_helpers import ROOT, png_bytes, shared_server
+from gradio_client import Client, handle_file
 
-from app_helpers import ROOT, png_bytes, shared_server  # noqa: E402
-from maskformer.inference import Predictor  # noqa: E402
+from maskformer.inference import Predictor
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,8 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
-from maskformer.converters.hf import convert_hf_state_dict, read_hf_directory  # noqa: E402
-from maskformer.model import build_model  # noqa: E402
+from maskformer.converters.hf import convert_hf_state_dict, read_hf_directory
+from maskformer.model import build_model
 
 SIZES = [(96, 128), (100, 76)]  # (H, W); 100x76 is not a multiple of 32 (nor of the Swin window)
 FP32_TOL = 1e-4

@@ -9,10 +9,19 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from maskformer.config import generic_meta
-from maskformer.evaluation.coco_ap import (coco_gt_dict, coco_mask_ap, encode_masks,
-                                           instance_results, instances_from_panoptic)
-from maskformer.evaluation.metrics import (PQStat, SemSegConfusion, pq_from_id_maps,
-                                           semantic_from_segments)
+from maskformer.evaluation.coco_ap import (
+    coco_gt_dict,
+    coco_mask_ap,
+    encode_masks,
+    instance_results,
+    instances_from_panoptic,
+)
+from maskformer.evaluation.metrics import (
+    PQStat,
+    SemSegConfusion,
+    pq_from_id_maps,
+    semantic_from_segments,
+)
 
 # two classes: 0 = stuff, 1 = thing
 META = generic_meta(2, thing_ids=(1,))

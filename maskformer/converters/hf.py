@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from maskformer.config import Config, DatasetMeta, ModelConfig, default_colors, get_preset
+from maskformer.config import (
+    Config,
+    DatasetMeta,
+    ModelConfig,
+    default_colors,
+    get_preset,
+)
 from maskformer.errors import CheckpointError
 
 _PLM = r"model\.pixel_level_module\."

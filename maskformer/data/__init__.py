@@ -15,17 +15,17 @@ from maskformer.data.panoptic_dataset import (
 from maskformer.data.semantic_dataset import SemanticDataset
 
 __all__ = [
-    "open_dataset",
-    "open_coco_panoptic",
-    "open_coco_panoptic_json",
+    "CocoInstancesDataset",
+    "CocoPanopticDataset",
+    "InfiniteSampler",
     "LabeledDataset",
     "Sample",
-    "CocoPanopticDataset",
-    "CocoInstancesDataset",
     "SemanticDataset",
     "TrainDataset",
     "collate",
-    "InfiniteSampler",
+    "open_coco_panoptic",
+    "open_coco_panoptic_json",
+    "open_dataset",
     "sample_to_target",
 ]
 

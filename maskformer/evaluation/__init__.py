@@ -2,9 +2,17 @@
 
 from typing import Any
 
-from maskformer.evaluation.coco_ap import coco_mask_ap, instance_results, instances_from_panoptic
-from maskformer.evaluation.metrics import (PQStat, SemSegConfusion, pq_from_id_maps,
-                                           semantic_from_segments)
+from maskformer.evaluation.coco_ap import (
+    coco_mask_ap,
+    instance_results,
+    instances_from_panoptic,
+)
+from maskformer.evaluation.metrics import (
+    PQStat,
+    SemSegConfusion,
+    pq_from_id_maps,
+    semantic_from_segments,
+)
 
 __all__ = [
     "TASKS",

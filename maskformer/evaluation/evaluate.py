@@ -14,9 +14,17 @@ from maskformer.config import DatasetMeta
 from maskformer.data import open_dataset
 from maskformer.data.coco import read_json, read_panoptic_png
 from maskformer.errors import DatasetError, UserError
-from maskformer.evaluation.coco_ap import (coco_gt_dict, coco_mask_ap, instance_results,
-                                           instances_from_panoptic)
-from maskformer.evaluation.metrics import PQStat, SemSegConfusion, semantic_from_segments
+from maskformer.evaluation.coco_ap import (
+    coco_gt_dict,
+    coco_mask_ap,
+    instance_results,
+    instances_from_panoptic,
+)
+from maskformer.evaluation.metrics import (
+    PQStat,
+    SemSegConfusion,
+    semantic_from_segments,
+)
 
 TASKS = ("panoptic", "semantic", "instance")
 # Ignored ground-truth pixels are marked -1 internally, so no class id (even 65535) can collide.

@@ -65,7 +65,7 @@ class PQStat:
         self.iou = np.zeros(num_classes, dtype=np.float64)
         self.num_images = 0
 
-    def __iadd__(self, other: "PQStat") -> "PQStat":
+    def __iadd__(self, other: PQStat) -> PQStat:
         for name in ("tp", "fp", "fn", "iou"):
             getattr(self, name).__iadd__(getattr(other, name))
         self.num_images += other.num_images

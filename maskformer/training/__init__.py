@@ -4,7 +4,7 @@
 Imported lazily so that ``maskformer.training.optim`` does not pull in the whole loop.
 """
 
-__all__ = ["TrainOptions", "train", "build_optimizer", "lr_at", "NonFiniteLossError"]
+__all__ = ["NonFiniteLossError", "TrainOptions", "build_optimizer", "lr_at", "train"]
 
 _LAZY = {
     "TrainOptions": "maskformer.training.loop",
