@@ -50,7 +50,7 @@ def test_launch_without_checkpoint_says_how_to_make_one(tmp_path):
     demo = ROOT / "checkpoints" / "demo.safetensors"
     args = [] if not demo.exists() else ["--checkpoint", str(tmp_path / "missing.safetensors")]
     r = subprocess.run([sys.executable, str(ROOT / "launch.py"), "--workspace", str(tmp_path),
-                        *args], capture_output=True, text=True, timeout=60)
+                        *args], capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--checkpoint PATH" in r.stderr
 
 
@@ -82,12 +82,12 @@ def test_inspect_correct_save_export(server, tmp_path):
     ref = pred.panoptic(0.3, 0.9)
     assert [r[0] for r in out["segments"]["data"]] == [g["id"] for g in ref.segments]
 
-    (heat, top5, info, q), _ = call(c, "/query_detail", 3)
+    (_heat, top5, info, q), _ = call(c, "/query_detail", 3)
     assert q == 3 and f"mask area {int(pred.mask_areas[3])} px" in info
     assert top5["confidences"][0]["confidence"] == pytest.approx(
         float(pred.class_probs[3].max()), abs=1e-4)
 
-    (text, table, x, y), _ = call(c, "/probe", 10, 20)
+    (_text, table, x, y), _ = call(c, "/probe", 10, 20)
     claim = (pred.mask_probs[:, 20, 10] >= 0.5).nonzero()[:, 0].tolist()
     assert sorted(r[0] for r in table["data"]) == sorted(claim) and (x, y) == (10, 20)
 
@@ -105,7 +105,7 @@ def test_inspect_correct_save_export(server, tmp_path):
     row = next(r for r in ws_rows["data"] if r[1] == "upload.png")
     assert row[3] == "corrected" and "kite x1" in row[4]
 
-    (zip_file, msg), warn = call(c, "/export", "coco-panoptic", False)
+    (zip_file, _msg), warn = call(c, "/export", "coco-panoptic", False)
     assert not warn
     with zipfile.ZipFile(zip_file["path"]) as zf:
         names = zf.namelist()

@@ -170,7 +170,7 @@ def test_relabel_existing_and_new_class(opened):
 
 
 def test_delete_merge_split(opened):
-    ctx, s = opened
+    _ctx, s = opened
     squares = s.annotation.mask(3)
     cb.split_segment(s, 3)
     assert len(s.annotation.segments) == 5
@@ -200,7 +200,7 @@ def test_accept_dropped_query_and_swap(opened):
 
 
 def test_undo_redo_limits(opened):
-    ctx, s = opened
+    _ctx, s = opened
     with pytest.raises(EditError, match="nothing to undo"):
         cb.undo(s)
     cb.delete_segment(s, 1)

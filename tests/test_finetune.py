@@ -479,8 +479,9 @@ def test_finetune_end_to_end_new_class_survives_a_kill(tmp_path):
     # The base model cannot predict a class it never had.
     assert before == 0.0 and iou_before == 0.0
     # It learned the new class on images it never saw: asserted on the class's IoU, which grows
-    # with every pixel it gets right (41 here). Its PQ on 4 held-out images is a count of regions
-    # over IoU 0.5 (20 here), which float rounding in a run this short can move to 0.
+    # with every pixel it gets right (41 on one 2-core sandbox, 25 on another with a faster CPU).
+    # Its PQ on 4 held-out images is a count of regions over IoU 0.5 (20 and 0 on those two),
+    # which float rounding in a run this short can move to 0.
     assert iou_after >= 10.0
     # The new version knows the new class's name and colour, after the old classes.
     saved = load_checkpoint(version.path).meta

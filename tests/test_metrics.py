@@ -326,8 +326,8 @@ def _reference_cocoeval(gt, results):
 
 
 def test_instances_from_panoptic_keeps_masks_crowd_and_things_only():
-    meta, gt, samples = _coco_case(np.random.default_rng(0), n_images=1)
-    img_id, id_map, segments = samples[0]
+    _meta, gt, samples = _coco_case(np.random.default_rng(0), n_images=1)
+    _img_id, id_map, segments = samples[0]
     things = [s for s in segments if s["category_id"] in (0, 2) and (id_map == s["id"]).any()]
     assert len(gt["annotations"]) == len(things)
     for ann, s in zip(gt["annotations"], things):

@@ -162,7 +162,8 @@ ws.save_annotation(1, np.ones((24, 32), np.int32), [{{"id": 1, "category_id": ci
 def test_crash_mid_write_leaves_old_state(ws):
     rec = ws.add_image(png(), "a.png")
     code = CRASH.format(root=str(ROOT), path=str(ws.root))
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       check=False)
     assert r.returncode == 3, r.stderr
     again = Workspace(ws.root)  # "restart"
     assert again.load_annotation(rec.id) is None and again.image(rec.id).status == "unseen"

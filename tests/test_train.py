@@ -450,7 +450,7 @@ def test_bad_label_stops_before_the_first_step(tiny_cfg, tmp_path):
     from maskformer.errors import DatasetError
 
     data = write_equal_dataset(tmp_path / "data", n=2)
-    png = sorted((data / "panoptic").glob("*.png"))[0]
+    png = min((data / "panoptic").glob("*.png"))
     ids = rgb2id(np.asarray(Image.open(png).convert("RGB")))
     ids[:4, :4] = 77  # a segment id absent from segments_info
     Image.fromarray(id2rgb(ids)).save(png)

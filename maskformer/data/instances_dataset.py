@@ -172,7 +172,7 @@ class CocoInstancesDataset(LabeledDataset):
         for a in it.anns:
             try:
                 segmentation_to_mask(a["segmentation"], *it.size)
-            except Exception as e:  # pycocotools raises assorted types on bad data
+            except Exception as e:  # noqa: BLE001 -- pycocotools raises assorted types on bad data
                 out.append(
                     f"{self.rel(self.json_path)}: annotation {a['ann_id']}: cannot decode "
                     f"its segmentation ({e})"

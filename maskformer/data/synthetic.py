@@ -206,7 +206,7 @@ def _place_things(
 ) -> tuple[np.ndarray, list[int]]:
     """Paint 0-8 instances onto ``image`` (in place); returns the (s, s) instance map (0 = none)."""
     target = int(rng.integers(0, 9))
-    margin = int(math.ceil(0.25 * s * 1.3)) + 2
+    margin = math.ceil(0.25 * s * 1.3) + 2
     min_px = MIN_VISIBLE_PIXELS_128 * scale * scale
     inst = np.zeros((s, s), np.int32)
     full_area: list[float] = []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -65,7 +65,7 @@ class PQStat:
         self.iou = np.zeros(num_classes, dtype=np.float64)
         self.num_images = 0
 
-    def __iadd__(self, other: PQStat) -> PQStat:
+    def __iadd__(self, other: PQStat) -> Self:
         for name in ("tp", "fp", "fn", "iou"):
             getattr(self, name).__iadd__(getattr(other, name))
         self.num_images += other.num_images
