@@ -18,14 +18,14 @@ PIXEL_STD = (58.395, 57.120, 57.375)
 
 # Swin variants as the official configs define them: embed dim, depths, heads, window, pretrain size.
 SWIN_VARIANTS = {
-    "swin_tiny": dict(swin_embed_dim=96, swin_depths=(2, 2, 6, 2), swin_num_heads=(3, 6, 12, 24),
-                      swin_window_size=7, swin_pretrain_img_size=224),
-    "swin_small": dict(swin_embed_dim=96, swin_depths=(2, 2, 18, 2), swin_num_heads=(3, 6, 12, 24),
-                       swin_window_size=7, swin_pretrain_img_size=224),
-    "swin_base": dict(swin_embed_dim=128, swin_depths=(2, 2, 18, 2), swin_num_heads=(4, 8, 16, 32),
-                      swin_window_size=12, swin_pretrain_img_size=384),
-    "swin_large": dict(swin_embed_dim=192, swin_depths=(2, 2, 18, 2), swin_num_heads=(6, 12, 24, 48),
-                       swin_window_size=12, swin_pretrain_img_size=384),
+    "swin_tiny": {"swin_embed_dim": 96, "swin_depths": (2, 2, 6, 2),
+                  "swin_num_heads": (3, 6, 12, 24), "swin_window_size": 7, "swin_pretrain_img_size": 224},
+    "swin_small": {"swin_embed_dim": 96, "swin_depths": (2, 2, 18, 2),
+                   "swin_num_heads": (3, 6, 12, 24), "swin_window_size": 7, "swin_pretrain_img_size": 224},
+    "swin_base": {"swin_embed_dim": 128, "swin_depths": (2, 2, 18, 2),
+                  "swin_num_heads": (4, 8, 16, 32), "swin_window_size": 12, "swin_pretrain_img_size": 384},
+    "swin_large": {"swin_embed_dim": 192, "swin_depths": (2, 2, 18, 2),
+                   "swin_num_heads": (6, 12, 24, 48), "swin_window_size": 12, "swin_pretrain_img_size": 384},
 }
 
 
@@ -400,11 +400,14 @@ def _demo() -> Config:
     """The shipped demo model's recipe: the tiny model with its decoder reading the stride-4 res2
     features instead of res5 (an official TRANSFORMER_IN_FEATURE choice). At 128 px res5 is a 4 x 4
     grid, too coarse for 20 queries to tell small shapes apart: in 300-iteration trials on the
-    synthetic data the matched-query CE fell to 1.85 (res5), 1.37 (res3) and 1.13 (res2)."""
+    synthetic data the matched-query CE fell to 1.85 (res5), 1.37 (res3) and 1.13 (res2).
+    The classification loss weighs 2 (official: 1): with 1 the stuff classes were learnt but the
+    matched queries' CE stayed near 1.0 after 500 iterations; with 2 it fell to 0.31, and the
+    3000-iteration run went from PQ 32.2 to 46.7 (checkpoints/README.md)."""
     cfg = _tiny("resnet10t")
     return replace(cfg, model=replace(cfg.model, transformer_in_feature="res2"),
-                   solver=replace(cfg.solver, base_lr=1e-3, max_iter=3000, eval_period=1000,
-                                  checkpoint_period=1000))
+                   solver=replace(cfg.solver, base_lr=1e-3, max_iter=6000, eval_period=2000,
+                                  checkpoint_period=2000, class_weight=2.0))
 
 
 PRESETS = {
