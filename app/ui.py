@@ -237,7 +237,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
             s = cb.remerge(ctx, s, score_v, overlap_v)
             return (*edit_values(s), *merge_values(s, dropped))
 
-        model = {"concurrency_id": "model", "concurrency_limit": 1}
+        model = dict(concurrency_id="model", concurrency_limit=1)
         open_in = [score, overlap, dropped_only]
         upload.upload(open_upload, [state, upload, *open_in], open_out, api_name="open_upload",
                       **model).then(lambda: None, None, upload, api_visibility="private")

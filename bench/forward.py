@@ -33,11 +33,7 @@ from maskformer.model import build_model
 
 def build_pair(num_classes: int = 150) -> tuple[nn.Module, nn.Module]:
     """A random HF R50 MaskFormer and ours converted from its saved files (both eval, fp32)."""
-    from transformers import (
-        MaskFormerConfig,
-        MaskFormerForInstanceSegmentation,
-        ResNetConfig,
-    )
+    from transformers import MaskFormerConfig, MaskFormerForInstanceSegmentation, ResNetConfig
 
     torch.manual_seed(0)
     bb = ResNetConfig(

@@ -51,11 +51,7 @@ def build_pair(num_classes: int = 150) -> tuple[torch.nn.Module, torch.nn.Module
 
     HF's backbone BN stays trainable (its own design); ours is FrozenBN, as the official model.
     """
-    from transformers import (
-        MaskFormerConfig,
-        MaskFormerForInstanceSegmentation,
-        ResNetConfig,
-    )
+    from transformers import MaskFormerConfig, MaskFormerForInstanceSegmentation, ResNetConfig
 
     torch.manual_seed(0)
     bb = ResNetConfig(

@@ -18,14 +18,14 @@ PIXEL_STD = (58.395, 57.120, 57.375)
 
 # Swin variants as the official configs define them: embed dim, depths, heads, window, pretrain size.
 SWIN_VARIANTS = {
-    "swin_tiny": {"swin_embed_dim": 96, "swin_depths": (2, 2, 6, 2),
-                  "swin_num_heads": (3, 6, 12, 24), "swin_window_size": 7, "swin_pretrain_img_size": 224},
-    "swin_small": {"swin_embed_dim": 96, "swin_depths": (2, 2, 18, 2),
-                   "swin_num_heads": (3, 6, 12, 24), "swin_window_size": 7, "swin_pretrain_img_size": 224},
-    "swin_base": {"swin_embed_dim": 128, "swin_depths": (2, 2, 18, 2),
-                  "swin_num_heads": (4, 8, 16, 32), "swin_window_size": 12, "swin_pretrain_img_size": 384},
-    "swin_large": {"swin_embed_dim": 192, "swin_depths": (2, 2, 18, 2),
-                   "swin_num_heads": (6, 12, 24, 48), "swin_window_size": 12, "swin_pretrain_img_size": 384},
+    "swin_tiny": dict(swin_embed_dim=96, swin_depths=(2, 2, 6, 2), swin_num_heads=(3, 6, 12, 24),
+                      swin_window_size=7, swin_pretrain_img_size=224),
+    "swin_small": dict(swin_embed_dim=96, swin_depths=(2, 2, 18, 2), swin_num_heads=(3, 6, 12, 24),
+                       swin_window_size=7, swin_pretrain_img_size=224),
+    "swin_base": dict(swin_embed_dim=128, swin_depths=(2, 2, 18, 2), swin_num_heads=(4, 8, 16, 32),
+                      swin_window_size=12, swin_pretrain_img_size=384),
+    "swin_large": dict(swin_embed_dim=192, swin_depths=(2, 2, 18, 2), swin_num_heads=(6, 12, 24, 48),
+                       swin_window_size=12, swin_pretrain_img_size=384),
 }
 
 

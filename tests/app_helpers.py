@@ -121,7 +121,7 @@ class AppServer:
         self.url = f"http://127.0.0.1:{self.port}/"
         env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
                "HF_HUB_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1"}
-        self.log = open(log, "w")  # noqa: SIM115 -- open for the server's lifetime, closed in stop()
+        self.log = open(log, "w")  # noqa: SIM115 -- open while the server runs; stop() closes it
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "launch.py"), "--checkpoint", str(checkpoint),
              "--workspace", str(workspace), "--port", str(self.port), *extra],

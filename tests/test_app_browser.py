@@ -10,13 +10,8 @@ import time
 import zipfile
 
 import pytest
-from app_helpers import (
-    CHROMIUM,
-    browser_page,
-    png_bytes,
-    screenshot_folder,
-    shared_server,
-)
+
+from app_helpers import CHROMIUM, browser_page, png_bytes, screenshot_folder, shared_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser,
               pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's /usr/bin/chromium")]

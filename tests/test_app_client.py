@@ -10,9 +10,9 @@ import pytest
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
-from app_helpers import ROOT, png_bytes, shared_server
 from gradio_client import Client, handle_file
 
+from app_helpers import ROOT, png_bytes, shared_server
 from maskformer.inference import Predictor
 
 pytestmark = pytest.mark.slow

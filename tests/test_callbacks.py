@@ -3,16 +3,16 @@
 import numpy as np
 import pytest
 import torch
-from app_helpers import ScriptedPredictor, png_bytes, tiny_checkpoint
-from test_store import bomb_png
 
 from app import callbacks as cb
 from app import views
 from app.editing import EditError, make_annotation
 from app.session import Session
 from app.store import Workspace
+from app_helpers import ScriptedPredictor, png_bytes, tiny_checkpoint
 from maskformer.errors import ImageReadError, UserError
 from maskformer.inference import Predictor, panoptic_inference
+from test_store import bomb_png
 
 THR = (0.8, 0.8)
 

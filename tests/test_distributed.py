@@ -10,11 +10,11 @@ from dataclasses import replace
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train import small_cfg, write_equal_dataset
 
 from maskformer.checkpoint import load_model
 from maskformer.training.distributed import param_checksum
 from maskformer.training.loop import TrainOptions, train
+from test_train import small_cfg, write_equal_dataset
 
 
 def _free_port() -> int:

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from app_helpers import ROOT, tiny_checkpoint
 
 from app import callbacks as cb
 from app import transfer, views
@@ -41,6 +40,7 @@ from app.finetune_job import base_predictor, export_images, train_command
 from app.session import Session
 from app.store import Workspace, WorkspaceError
 from app.versions import ModelSwitcher, compare_rows, version_rows
+from app_helpers import ROOT, tiny_checkpoint
 from maskformer.checkpoint import load_checkpoint, save_checkpoint
 from maskformer.config import DatasetMeta
 from maskformer.data import open_dataset

@@ -7,9 +7,7 @@ import math
 
 import pytest
 import torch
-from transformers.models.maskformer.modeling_maskformer import (
-    MaskFormerHungarianMatcher,
-)
+from transformers.models.maskformer.modeling_maskformer import MaskFormerHungarianMatcher
 
 from maskformer.losses import HungarianMatcher
 

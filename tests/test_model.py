@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torchvision.ops.misc import (
-    FrozenBatchNorm2d,  # what timm.layers.freeze_batch_norm_2d uses
-)
+from torchvision.ops.misc import FrozenBatchNorm2d  # what timm.layers.freeze_batch_norm_2d uses
 
 from maskformer.config import ConfigError, apply_overrides, get_preset
 from maskformer.model import build_model

@@ -7,13 +7,7 @@ import numpy as np
 import torch
 
 from maskformer.config import PIXEL_MEAN, PIXEL_STD, InputConfig
-from maskformer.data import (
-    InfiniteSampler,
-    TrainDataset,
-    collate,
-    open_dataset,
-    sample_to_target,
-)
+from maskformer.data import InfiniteSampler, TrainDataset, collate, open_dataset, sample_to_target
 from maskformer.data.synthetic import write_synthetic_dataset
 
 

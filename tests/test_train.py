@@ -25,12 +25,7 @@ from maskformer.data.coco import write_dataset
 from maskformer.data.datasets import Sample
 from maskformer.data.synthetic import write_synthetic_dataset
 from maskformer.errors import UserError
-from maskformer.losses import (
-    SetCriterion,
-    build_criterion,
-    default_loss_weights,
-    weighted_total,
-)
+from maskformer.losses import SetCriterion, build_criterion, default_loss_weights, weighted_total
 from maskformer.model import build_model
 from maskformer.training.data import build_train_loader, micro_batch_size
 from maskformer.training.distributed import DistInfo

@@ -9,6 +9,9 @@ Screenshots go to ``$MFS_SCREENSHOTS`` (default ``test-artifacts/screenshots``),
 from pathlib import Path
 
 import pytest
+
+from app import transfer
+from app.store import Workspace
 from app_helpers import (
     BROWSER_WAIT,
     CHROMIUM,
@@ -17,9 +20,6 @@ from app_helpers import (
     screenshot_folder,
     tiny_checkpoint,
 )
-
-from app import transfer
-from app.store import Workspace
 from maskformer.data.synthetic import write_synthetic_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser,

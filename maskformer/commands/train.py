@@ -9,13 +9,7 @@ import signal
 import threading
 from pathlib import Path
 
-from maskformer.config import (
-    Config,
-    ConfigError,
-    apply_overrides,
-    get_preset,
-    load_config_file,
-)
+from maskformer.config import Config, ConfigError, apply_overrides, get_preset, load_config_file
 from maskformer.errors import UserError
 
 HELP = (

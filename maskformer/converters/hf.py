@@ -18,13 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from maskformer.config import (
-    Config,
-    DatasetMeta,
-    ModelConfig,
-    default_colors,
-    get_preset,
-)
+from maskformer.config import Config, DatasetMeta, ModelConfig, default_colors, get_preset
 from maskformer.errors import CheckpointError
 
 _PLM = r"model\.pixel_level_module\."

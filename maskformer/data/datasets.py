@@ -147,7 +147,7 @@ class LabeledDataset:
             return self.problems(i)
         except DatasetError as e:
             return [str(e)]
-        except Exception as e:  # noqa: BLE001 -- a decoder failing in an unexpected way is still a file problem
+        except Exception as e:  # noqa: BLE001 -- an odd decoder failure is still a file problem
             return [
                 f"{self.rel(self.image_path(i))}: cannot check item {i} ({type(e).__name__}: {e})"
             ]

@@ -2,11 +2,7 @@
 
 from typing import Any
 
-from maskformer.evaluation.coco_ap import (
-    coco_mask_ap,
-    instance_results,
-    instances_from_panoptic,
-)
+from maskformer.evaluation.coco_ap import coco_mask_ap, instance_results, instances_from_panoptic
 from maskformer.evaluation.metrics import (
     PQStat,
     SemSegConfusion,

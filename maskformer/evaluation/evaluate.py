@@ -20,11 +20,7 @@ from maskformer.evaluation.coco_ap import (
     instance_results,
     instances_from_panoptic,
 )
-from maskformer.evaluation.metrics import (
-    PQStat,
-    SemSegConfusion,
-    semantic_from_segments,
-)
+from maskformer.evaluation.metrics import PQStat, SemSegConfusion, semantic_from_segments
 
 TASKS = ("panoptic", "semantic", "instance")
 # Ignored ground-truth pixels are marked -1 internally, so no class id (even 65535) can collide.

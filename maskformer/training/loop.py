@@ -11,11 +11,7 @@ from typing import Any
 
 import torch
 
-from maskformer.checkpoint import (
-    load_checkpoint,
-    load_state_dict_partial,
-    save_checkpoint,
-)
+from maskformer.checkpoint import load_checkpoint, load_state_dict_partial, save_checkpoint
 from maskformer.config import Config, DatasetMeta
 from maskformer.data import open_dataset
 from maskformer.errors import UserError
