@@ -115,7 +115,7 @@ class SolverConfig:
     warmup_factor: float = 1.0
     clip_value: float = 0.01  # full-model L2 gradient clipping
     grad_accum: int = 1
-    amp: bool = False
+    amp: bool = False  # autocast: bf16 (fp16 on older GPUs) on CUDA, bf16 on CPUs that have it
     seed: int = 0
     checkpoint_period: int = 5000
     eval_period: int = 5000
@@ -403,11 +403,15 @@ def _demo() -> Config:
     synthetic data the matched-query CE fell to 1.85 (res5), 1.37 (res3) and 1.13 (res2).
     The classification loss weighs 2 (official: 1): with 1 the stuff classes were learnt but the
     matched queries' CE stayed near 1.0 after 500 iterations; with 2 it fell to 0.31, and the
-    3000-iteration run went from PQ 32.2 to 46.7 (checkpoints/README.md)."""
+    3000-iteration run went from PQ 32.2 to 46.7. The synthetic train and val images share one
+    scale, so training keeps it (no short-side jitter) and skips the colour jitter: in
+    1000-iteration trials PQ 32.6 -> 36.7 -> 38.7. bf16 autocast where the CPU has it (~25 %
+    more images/s, same PQ). Trials and curves: checkpoints/README.md."""
     cfg = _tiny("resnet10t")
     return replace(cfg, model=replace(cfg.model, transformer_in_feature="res2"),
-                   solver=replace(cfg.solver, base_lr=1e-3, max_iter=6000, eval_period=2000,
-                                  checkpoint_period=2000, class_weight=2.0))
+                   input=replace(cfg.input, min_size_train=(128,), color_aug_ssd=False),
+                   solver=replace(cfg.solver, base_lr=1e-3, max_iter=7000, eval_period=2000,
+                                  checkpoint_period=2000, class_weight=2.0, amp=True))
 
 
 PRESETS = {

@@ -1,6 +1,7 @@
 """Training loop: resume equality, run files, divergence, accumulation, clipping, --init, overfit."""
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -27,11 +28,12 @@ from maskformer.data.synthetic import write_synthetic_dataset
 from maskformer.errors import UserError
 from maskformer.losses import SetCriterion, build_criterion, default_loss_weights, weighted_total
 from maskformer.model import build_model
+from maskformer.training import trainer as trainer_module
 from maskformer.training.data import build_train_loader, micro_batch_size
 from maskformer.training.distributed import DistInfo
 from maskformer.training.loop import TrainOptions, train
 from maskformer.training.optim import build_optimizer
-from maskformer.training.trainer import NonFiniteLossError, Trainer
+from maskformer.training.trainer import NonFiniteLossError, Trainer, amp_dtype
 
 CPU = DistInfo(0, 1, 0, torch.device("cpu"))
 
@@ -345,6 +347,33 @@ def test_clipping_applied_in_step(tiny_cfg, equal_data):
     clipped = float(torch.stack([g.norm() for g in grads]).norm())
     assert result.grad_norm > 0.01 and clipped == pytest.approx(0.01, rel=1e-3)
     assert result.lr == pytest.approx(cfg.solver.base_lr * cfg.solver.warmup_factor)
+
+
+def test_cpu_amp_runs_the_model_in_bf16_and_the_losses_in_fp32(tiny_cfg, equal_data, monkeypatch):
+    """solver.amp on CPU: bf16 autocast (no scaler); losses and update close to the fp32 step."""
+    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: True)  # emulated is fine
+    cfg = small_cfg(tiny_cfg, **{"model.dropout": 0.0, "solver.clip_value": 0.0})
+    batch = _fixed_batch(cfg, equal_data, 2)
+    fp32 = _trainer(cfg, 3)
+    amp = _trainer(replace(cfg, solver=replace(cfg.solver, amp=True)), 3)
+    assert amp_dtype(True, torch.device("cpu")) is torch.bfloat16 and amp.scaler.is_enabled() is False
+    dtypes = set()
+    hook = amp.model.predictor.register_forward_hook(
+        lambda _m, _i, out: dtypes.add(out["pred_masks"].dtype))
+    r32, r16 = fp32.step([batch], 0), amp.step([batch], 0)
+    hook.remove()
+    assert dtypes == {torch.bfloat16}
+    assert all(math.isfinite(v) for v in r16.losses.values())
+    for key, value in r32.losses.items():  # bf16 keeps ~3 significant digits
+        assert r16.losses[key] == pytest.approx(value, rel=0.05, abs=1e-3), key
+    assert r16.grad_norm == pytest.approx(r32.grad_norm, rel=0.1)
+
+
+def test_cpu_amp_falls_back_to_fp32_where_bf16_is_emulated(monkeypatch):
+    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="no native bf16"):
+        assert amp_dtype(True, torch.device("cpu")) is None
+    assert amp_dtype(False, torch.device("cpu")) is None
 
 
 def test_init_extends_classifier(tiny_cfg, equal_data, synth_data, tmp_path, capsys):

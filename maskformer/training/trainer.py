@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -35,10 +36,27 @@ class StepResult:
 
 
 def amp_dtype(enabled: bool, device: torch.device) -> torch.dtype | None:
-    """bf16 where the GPU supports it, else fp16 (with a GradScaler); None: full fp32."""
-    if not enabled or device.type != "cuda":
+    """The autocast dtype of ``solver.amp``; None: full fp32.
+
+    CUDA: bf16 where the GPU supports it, else fp16 (with a GradScaler). CPU: bf16 (no scaler
+    needed) where the CPU computes it natively (AVX512-BF16 / AMX); elsewhere bf16 would be
+    emulated and many times slower than fp32, so it warns and stays in fp32.
+    """
+    if not enabled or device.type not in ("cuda", "cpu"):
+        return None
+    if device.type == "cpu":
+        if cpu_has_native_bf16():
+            return torch.bfloat16
+        warnings.warn("solver.amp: this CPU has no native bf16 (AVX512-BF16 or AMX), where bf16 "
+                      "is slower than fp32; training in fp32", stacklevel=2)
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX tiles)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 class Trainer:
@@ -76,7 +94,7 @@ class Trainer:
         images = images.to(self.device, non_blocking=True)
         targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
         autocast = (
-            torch.autocast("cuda", dtype=self.amp_dtype)
+            torch.autocast(self.device.type, dtype=self.amp_dtype)
             if self.amp_dtype is not None
             else contextlib.nullcontext()
         )
