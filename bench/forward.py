@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from maskformer.converters.hf import convert_hf_state_dict, read_hf_directory
 from maskformer.model import build_model
+from maskformer.training.trainer import cpu_has_native_bf16
 
 
 def build_pair(num_classes: int = 150) -> tuple[nn.Module, nn.Module]:
@@ -95,11 +96,7 @@ def median_times(
 
 def native_bf16(device: torch.device) -> bool:
     """Whether bf16 runs on hardware units (CUDA, AVX512-BF16 or AMX); else oneDNN emulates it."""
-    if device.type == "cuda":
-        return True
-    cpu = getattr(torch, "cpu", None)
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(cpu, c, lambda: False)() for c in checks)
+    return device.type == "cuda" or cpu_has_native_bf16()
 
 
 def autocast(device: torch.device, enabled: bool):
