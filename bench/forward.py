@@ -1,16 +1,18 @@
 """Forward-pass speed: ours vs Hugging Face MaskFormer on the same weights (R50, ADE20K head).
 
 Usage: ``python bench/forward.py [--device cpu|cuda] [--size 512] [--runs 10] [--threads N]``.
-Prints fp32 and bf16 timings (median of ``--runs`` after warm-up), the ours/HF ratio, whether bf16
-changes the semantic and panoptic maps, achieved GFLOP/s against a measured fp32 matmul peak, and on
-CUDA images/s at batch 1 and 16. Weights are random (HF init with perturbed norms), nothing is
-downloaded.
+Prints fp32 and bf16 timings (median of ``--runs`` after warm-up), ours with NCHW and with NHWC
+weights (``Predictor(channels_last=True)``, ``predict --channels-last``), the ours/HF ratio,
+whether bf16 changes the semantic and panoptic maps, achieved GFLOP/s against a measured fp32
+matmul peak, and on CUDA images/s at batch 1 and 16. Weights are random (HF init with perturbed
+norms), nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import os
 import statistics
 import sys
@@ -141,7 +143,10 @@ def run_single(hf, ours, device, size: int, runs: int, bf16_size: int) -> None:
     with torch.no_grad():
         err = (hf(pixel_values=x).masks_queries_logits - ours(x)["pred_masks"]).abs().max().item()
     print(f"fp32 max |ours - HF| on pred_masks: {err:.2e}")
-    fns = {"hf": lambda: hf(pixel_values=x), "ours": lambda: ours(x)}
+    nhwc = copy.deepcopy(ours).to(memory_format=torch.channels_last)  # channels_last=True
+    with torch.no_grad():
+        err_nhwc = (nhwc(x)["pred_masks"] - ours(x)["pred_masks"]).abs().max().item()
+    fns = {"hf": lambda: hf(pixel_values=x), "ours": lambda: ours(x), "nhwc": lambda: nhwc(x)}
     cpu: dict[str, float] = {}
     t = median_times(fns, device, runs, cpu=cpu)
     print(f"HF   fp32: {t['hf'] * 1e3:8.1f} ms wall, {cpu['hf'] * 1e3:8.1f} ms CPU (medians)")
@@ -149,6 +154,11 @@ def run_single(hf, ours, device, size: int, runs: int, bf16_size: int) -> None:
     print(
         f"ratio ours/HF fp32: {t['ours'] / t['hf']:.3f} wall, {cpu['ours'] / cpu['hf']:.3f} CPU "
         f"time (the CPU ratio is the robust one on a shared machine)"
+    )
+    print(
+        f"ours fp32 NHWC weights: {t['nhwc'] * 1e3:8.1f} ms wall, "
+        f"ratio /HF {t['nhwc'] / t['hf']:.3f} wall, {cpu['nhwc'] / cpu['hf']:.3f} CPU; "
+        f"max |NHWC - NCHW| {err_nhwc:.1e}"
     )
 
     if bf16_size != size:
@@ -159,14 +169,23 @@ def run_single(hf, ours, device, size: int, runs: int, bf16_size: int) -> None:
         x = torch.randn(1, 3, bf16_size, bf16_size, device=device)
     n = runs if bf16_size == size else 1
 
-    def ours_bf16():
+    def ours_bf16(model=ours):
         with autocast(device, True):
-            return ours(x)
+            return model(x)
 
-    t16 = median_times({"hf": lambda: hf(pixel_values=x), "ours_bf16": ours_bf16}, device, n)
+    t16 = median_times(
+        {"hf": lambda: hf(pixel_values=x), "ours_bf16": ours_bf16,
+         "nhwc_bf16": lambda: ours_bf16(nhwc)},
+        device,
+        n,
+    )
     print(
         f"ours bf16: {t16['ours_bf16'] * 1e3:8.1f} ms   ratio ours-bf16/HF-fp32 = "
         f"{t16['ours_bf16'] / t16['hf']:.3f}  (HF fp32 {t16['hf'] * 1e3:.1f} ms at this size)"
+    )
+    print(
+        f"ours bf16, NHWC weights: {t16['nhwc_bf16'] * 1e3:8.1f} ms   ratio /HF-fp32 = "
+        f"{t16['nhwc_bf16'] / t16['hf']:.3f}"
     )
     with torch.no_grad():
         sem, pan = map_agreement(ours(x), ours_bf16())

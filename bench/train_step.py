@@ -19,13 +19,17 @@ PyTorch's CPU tuning guides suggest, jemalloc / tcmalloc, also do). With the def
 every tensor over 32 MiB is a fresh mmap whose pages fault in on first touch: measured here,
 0.7-4.4 s of kernel time per ~7 s step, varying from step to step, more for HF than for us.
 Both models run in the same process under the same allocator. Our point-sampled loss
-(Mask2Former-style, 12544 points) is timed against HF's exact loss too. Goals: exact ≤ 1.0×,
-point-sampled ≤ 0.6×.
+(Mask2Former-style, 12544 points) is timed against HF's exact loss too. Our steps run with the
+weights in NCHW and in NHWC (``solver.channels_last``, the trainer's default) layout; where bf16
+is native (CUDA, AVX512-BF16 / AMX CPUs) both models also run under bf16 autocast (ours with fp32
+losses, as the Trainer; HF's whole forward, as its Trainer with ``bf16=True``). Goals: exact
+≤ 1.0×, point-sampled ≤ 0.6×.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -44,6 +48,7 @@ from maskformer.config import get_preset
 from maskformer.converters.hf import convert_hf_state_dict, read_hf_directory
 from maskformer.losses import build_criterion, default_loss_weights, weighted_total
 from maskformer.model import build_model
+from maskformer.training.trainer import cpu_has_native_bf16, float_outputs
 
 
 def build_pair(num_classes: int = 150) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -251,28 +256,45 @@ def main() -> int:
     hf_masks = [t["masks"].float() for t in targets]
     hf_labels = [t["labels"] for t in targets]
 
-    def ours_step(criterion):
+    nhwc = copy.deepcopy(ours).to(memory_format=torch.channels_last)  # solver.channels_last
+    bf16 = device.type == "cuda" or cpu_has_native_bf16()
+
+    def ours_step(criterion, model=ours, amp=False):
         def step():
-            losses = criterion(ours(images, aux=True), targets)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                out = model(images, aux=True)
+            losses = criterion(float_outputs(out), targets)  # fp32 losses, as the Trainer
             total = weighted_total(losses, weights)
             total.backward()
-            ours.zero_grad(set_to_none=True)
+            model.zero_grad(set_to_none=True)
             return total.detach(), {k: v.detach() for k, v in losses.items()}
 
         return step
 
-    def hf_step():
-        out = hf(
-            pixel_values=images,
-            mask_labels=hf_masks,
-            class_labels=hf_labels,
-            output_hidden_states=True,
-        )  # HF needs this for its auxiliary losses
-        out.loss.backward()
-        hf.zero_grad(set_to_none=True)
-        return out.loss
+    def hf_step(amp=False):
+        def step():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                out = hf(
+                    pixel_values=images,
+                    mask_labels=hf_masks,
+                    class_labels=hf_labels,
+                    output_hidden_states=True,
+                )  # HF needs this for its auxiliary losses
+            out.loss.backward()
+            hf.zero_grad(set_to_none=True)
+            return out.loss
 
-    steps = {"hf": hf_step, "exact": ours_step(exact), "points": ours_step(points)}
+        return step
+
+    steps = {
+        "hf": hf_step(),
+        "exact": ours_step(exact),
+        "points": ours_step(points),
+        "exact_nhwc": ours_step(exact, nhwc),
+        "points_nhwc": ours_step(points, nhwc),
+    }
+    if bf16:  # both under bf16 autocast (HF's Trainer with bf16=True wraps its whole forward)
+        steps.update(hf_bf16=hf_step(True), points_nhwc_bf16=ours_step(points, nhwc, True))
     if args.peaks_only:
         for step in steps.values():  # warm-up
             step()
@@ -289,17 +311,22 @@ def main() -> int:
 
     times = timed_round_robin(steps, device, args.runs)
     peaks = peak_mib(steps, device) if device.type == "cuda" else cpu_peaks_in_child()
-    t_hf, t_ours, t_pts = times["hf"], times["exact"], times["points"]
-    m_hf, m_ours, m_pts = peaks["hf"], peaks["exact"], peaks["points"]
-    print(f"HF   exact loss step: {t_hf * 1e3:9.1f} ms  peak {m_hf:8.1f} MiB")
-    print(
-        f"ours exact loss step: {t_ours * 1e3:9.1f} ms  peak {m_ours:8.1f} MiB  "
-        f"ratio ours/HF {t_ours / t_hf:.3f} (goal <= 1.0)"
+    rows = (
+        ("hf", "HF   exact loss step", "hf", ""),
+        ("exact", "ours exact, NCHW", "hf", " (goal <= 1.0)"),
+        ("points", "ours point-sampled, NCHW", "hf", " (goal <= 0.6)"),
+        ("exact_nhwc", "ours exact, NHWC (default)", "hf", " (goal <= 1.0)"),
+        ("points_nhwc", "ours point-sampled, NHWC", "hf", " (goal <= 0.6)"),
+        ("hf_bf16", "HF   exact, bf16 autocast", "hf", ""),
+        ("points_nhwc_bf16", "ours points, NHWC, bf16", "hf_bf16", " (both bf16)"),
     )
-    print(
-        f"ours point-sampled:   {t_pts * 1e3:9.1f} ms  peak {m_pts:8.1f} MiB  "
-        f"ratio ours/HF {t_pts / t_hf:.3f} (goal <= 0.6)"
-    )
+    for name, label, ref, goal in rows:
+        if name not in times:
+            continue
+        ratio = "" if name == ref else f"  ratio /{ref} {times[name] / times[ref]:.3f}{goal}"
+        print(f"{label:28s} {times[name] * 1e3:9.1f} ms  peak {peaks[name]:8.1f} MiB{ratio}")
+    if bf16:
+        print(f"ours points, NHWC, bf16 / HF fp32: {times['points_nhwc_bf16'] / times['hf']:.3f}")
     for name, crit in (("exact", exact), ("point-sampled", points)):
         secs = loss_only_seconds(ours, crit, images, targets, weights)
         print(f"  of which our {name} loss alone (match + fwd + bwd): {secs * 1e3:9.1f} ms")

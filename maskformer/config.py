@@ -116,6 +116,7 @@ class SolverConfig:
     clip_value: float = 0.01  # full-model L2 gradient clipping
     grad_accum: int = 1
     amp: bool = False  # autocast: bf16 (fp16 on older GPUs) on CUDA, bf16 on CPUs that have it
+    channels_last: bool = True  # NHWC weights: the R50 step 4 % faster on CPU (bench/train_step)
     seed: int = 0
     checkpoint_period: int = 5000
     eval_period: int = 5000

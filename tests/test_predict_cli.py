@@ -144,6 +144,20 @@ def test_semantic_pngs_and_glob(setup):
     assert not list(out.glob("*_overlay.png"))
 
 
+def test_channels_last_flag(setup):
+    """--channels-last runs NHWC weights: the same semantic maps as the default up to the few
+    pixels whose top two classes tie within float rounding."""
+    out = setup / "out_nhwc"
+    with _one_thread():
+        rc = main(["predict", "--checkpoint", str(setup / "tiny.safetensors"),
+                   str(setup / "imgs" / "*.*"), "--task", "semantic", "--out", str(out),
+                   "--no-progress", "--no-overlay", "--channels-last"])
+    assert rc == 0
+    for name, pred in _predictions(setup).items():
+        png = np.asarray(Image.open(out / "semantic" / (Path(name).stem + ".png")))
+        assert (png == pred.semantic().numpy()).mean() >= 0.999
+
+
 def test_bad_checkpoint_and_bad_inputs(setup, capsys):
     assert main(["predict", "--checkpoint", str(setup / "bad.png"), str(setup / "imgs"),
                  "--out", str(setup / "x")]) == 2

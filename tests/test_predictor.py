@@ -243,6 +243,24 @@ def test_model_with_cfg_and_meta_attributes_and_dtype():
     assert (a.mask_logits - b.mask_logits).abs().mean() < 0.1 * a.mask_logits.abs().mean() + 0.1
 
 
+def test_channels_last_is_opt_in_and_agrees_with_nchw():
+    from maskformer.model import build_model
+
+    cfg = _cfg()
+    meta = generic_meta(8, THINGS)
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    nchw = Predictor((model, cfg, meta), device="cpu")
+    first = next(m.weight for m in nchw.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first.is_contiguous()  # the default leaves the caller's model as it was
+    img = _image(50, 70)
+    a = nchw.predict(img).mask_logits
+    nhwc = Predictor((model, cfg, meta), device="cpu", channels_last=True)
+    assert first.is_contiguous(memory_format=torch.channels_last) and not first.is_contiguous()
+    b = nhwc.predict(img).mask_logits
+    assert (a - b).abs().max() <= 1e-4 * a.abs().max()
+
+
 def test_bad_checkpoints(tmp_path):
     with pytest.raises(CheckpointError):
         Predictor(42)

@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
     parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
                         help="autocast precision for the forward pass (default fp32)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="NHWC weights: faster on CPU, outputs no longer bit-identical "
+                             "across thread counts")
     parser.add_argument("--no-overlay", action="store_true", help="skip <name>_overlay.png")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
@@ -180,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out} exists and is not a folder")
     from maskformer.inference import Predictor
 
-    predictor = Predictor(args.checkpoint, device=args.device, dtype=args.dtype)
+    predictor = Predictor(args.checkpoint, device=args.device, dtype=args.dtype,
+                          channels_last=args.channels_last)
     task = args.task or ("panoptic" if predictor.cfg.test.panoptic_on else "semantic")
     writer = _Writer(args, predictor, task)
     names = output_names(paths)

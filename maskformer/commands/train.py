@@ -128,10 +128,12 @@ def _interrupt(signum, frame) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from maskformer.training.allocator import keep_freed_memory
     from maskformer.training.loop import TrainOptions, train
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
+        keep_freed_memory()  # this process is the training run: ~25 % faster steps on CPU
 
     try:
         cfg = resolve_config(args)

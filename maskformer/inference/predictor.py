@@ -110,11 +110,16 @@ class Predictor:
             ``.cfg`` and ``.meta`` (what ``maskformer.checkpoint.load_model`` returns).
         device: "cpu", "cuda", ...; default CUDA when available.
         dtype: None / float32, or bfloat16 / float16 (also "bf16", "fp16") for autocast.
+        channels_last: Put the weights in NHWC layout (a passed-in model is moved, as by
+            ``device``): ~13 % faster fp32 and ~19 % faster bf16 convolutions on CPU (R50, 512 px),
+            but oneDNN's NHWC kernels round differently with the thread count, so outputs are
+            no longer bit-identical across machines and processes; off by default.
     """
 
     def __init__(self, checkpoint: str | Path | tuple | nn.Module,
                  device: str | torch.device | None = None,
-                 dtype: torch.dtype | str | None = None) -> None:
+                 dtype: torch.dtype | str | None = None,
+                 channels_last: bool = False) -> None:
         try:
             self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         except RuntimeError as e:
@@ -125,6 +130,8 @@ class Predictor:
         self.dtype = _parse_dtype(dtype)
         model, self.cfg, self.meta = _resolve(checkpoint, self.device)
         self.model = model.to(self.device).eval()
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         if self.meta.num_classes != self.cfg.model.num_classes:
             raise CheckpointError(f"the metadata names {self.meta.num_classes} classes but the "
                                   f"model predicts {self.cfg.model.num_classes}")

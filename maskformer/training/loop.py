@@ -119,6 +119,8 @@ class _Run:
         solver = self.cfg.solver
         torch.manual_seed(solver.seed)  # the same initial weights on every rank
         model = build_model(self.cfg.model).to(self.info.device)
+        if solver.channels_last:  # the layout persists through load_state_dict below
+            model = model.to(memory_format=torch.channels_last)
         state, rng = TrainState(0, 0, self.info.world_size), None
         tag = self.run.last_tag() if self.opts.resume else None
         if tag is not None:

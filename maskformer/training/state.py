@@ -186,6 +186,7 @@ def load_train_state(
     sd = _unflatten_optimizer(tensors, doc["optimizer"])
     _check_param_names(optimizer, sd, stem)
     optimizer.load_state_dict(sd)
+    _match_param_layouts(optimizer)
     if scaler is not None and doc.get("scaler"):
         scaler.load_state_dict(doc["scaler"])
     prefix = f"rng.{rank}."
@@ -197,6 +198,23 @@ def load_train_state(
         doc.get("extra", {}),
     )
     return state, rng
+
+
+def _match_param_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each loaded moment tensor its parameter's strides (files hold contiguous tensors).
+
+    The fused AdamW kernel walks a parameter and its moments as flat memory, so an NCHW moment for
+    a channels-last weight would update the wrong elements, silently.
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for name, value in optimizer.state.get(p, {}).items():
+                if (
+                    isinstance(value, torch.Tensor)
+                    and value.shape == p.shape
+                    and value.stride() != p.stride()
+                ):
+                    optimizer.state[p][name] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def _check_param_names(optimizer: torch.optim.Optimizer, sd: dict, stem: Path) -> None:

@@ -100,7 +100,7 @@ class Trainer:
         )
         with autocast:
             outputs = self.model(images)
-        return self.criterion(_to_float(outputs), targets)
+        return self.criterion(float_outputs(outputs), targets)
 
     def step(self, micro_batches: list[Batch], iteration: int) -> StepResult:
         """One update from ``len(micro_batches)`` accumulated micro-batches.
@@ -166,7 +166,7 @@ class Trainer:
         )
 
 
-def _to_float(outputs: dict) -> dict:
+def float_outputs(outputs: dict) -> dict:
     """fp32 copies of autocast outputs (no-op in fp32) so the losses are computed in fp32."""
     out = {k: v.float() for k, v in outputs.items() if isinstance(v, Tensor)}
     out["aux_outputs"] = [
