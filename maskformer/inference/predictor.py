@@ -111,7 +111,7 @@ class Predictor:
         device: "cpu", "cuda", ...; default CUDA when available.
         dtype: None / float32, or bfloat16 / float16 (also "bf16", "fp16") for autocast.
         channels_last: Put the weights in NHWC layout (a passed-in model is moved, as by
-            ``device``): ~13 % faster fp32 and ~19 % faster bf16 convolutions on CPU (R50, 512 px),
+            ``device``): the R50 forward 11-13 % faster in fp32, 19-25 % in bf16 on CPU (512 px),
             but oneDNN's NHWC kernels round differently with the thread count, so outputs are
             no longer bit-identical across machines and processes; off by default.
     """
