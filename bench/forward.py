@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from maskformer.converters.hf import convert_hf_state_dict, read_hf_directory
 from maskformer.model import build_model
-from maskformer.training.trainer import cpu_has_native_bf16
+from maskformer.training.trainer import native_bf16
 
 
 def build_pair(num_classes: int = 150) -> tuple[nn.Module, nn.Module]:
@@ -94,11 +94,6 @@ def median_times(
     if cpu is not None:
         cpu.update({name: statistics.median(t) for name, t in proc.items()})
     return {name: statistics.median(t) for name, t in wall.items()}
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 runs on hardware units (CUDA, AVX512-BF16 or AMX); else oneDNN emulates it."""
-    return device.type == "cuda" or cpu_has_native_bf16()
 
 
 def autocast(device: torch.device, enabled: bool):

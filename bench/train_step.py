@@ -48,7 +48,7 @@ from maskformer.config import get_preset
 from maskformer.converters.hf import convert_hf_state_dict, read_hf_directory
 from maskformer.losses import build_criterion, default_loss_weights, weighted_total
 from maskformer.model import build_model
-from maskformer.training.trainer import cpu_has_native_bf16, float_outputs
+from maskformer.training.trainer import float_outputs, native_bf16
 
 
 def build_pair(num_classes: int = 150) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -257,7 +257,7 @@ def main() -> int:
     hf_labels = [t["labels"] for t in targets]
 
     nhwc = copy.deepcopy(ours).to(memory_format=torch.channels_last)  # solver.channels_last
-    bf16 = device.type == "cuda" or cpu_has_native_bf16()
+    bf16 = native_bf16(device)
 
     def ours_step(criterion, model=ours, amp=False):
         def step():

@@ -59,6 +59,12 @@ def cpu_has_native_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 runs on hardware units on ``device`` (CUDA, or a CPU with AVX512-BF16 / AMX);
+    elsewhere oneDNN emulates it, many times slower than fp32."""
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+
+
 class Trainer:
     """Holds the model, criterion and optimiser of a run and performs updates.
 
