@@ -178,7 +178,12 @@ def _padded_target_masks(targets: list[Target]) -> list[Tensor]:
 
 
 def build_criterion(cfg: Config) -> SetCriterion:
-    """The official matcher and criterion from ``cfg.model.num_classes`` and ``cfg.solver``."""
+    """The official matcher and criterion from ``cfg.model.num_classes`` and ``cfg.solver``.
+
+    The matching costs follow the loss weights. MaskFormer has no class loss weight (its CE weighs 1
+    and so does its class cost), so at the default ``class_weight=1`` this is the official matcher;
+    a preset that raises ``class_weight`` raises the class cost with it, as Mask2Former does.
+    """
     solver = cfg.solver
     matcher = HungarianMatcher(
         cost_class=solver.class_weight, cost_mask=solver.mask_weight, cost_dice=solver.dice_weight
