@@ -19,8 +19,11 @@ M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 << 20  # glibc's maximum: larger blocks are still mmapped and given back
 TRIM_THRESHOLD = 1 << 30  # keep up to 1 GiB of freed heap for the next step
-_USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_MAX_",
-                  "MALLOC_TOP_PAD_")
+
+
+def is_malloc_variable(name: str) -> bool:
+    """glibc's environment tunables: MALLOC_TRIM_THRESHOLD_, MALLOC_MMAP_THRESHOLD_, ..."""
+    return name.startswith("MALLOC_") and name.endswith("_")
 
 
 def keep_freed_memory() -> bool:
@@ -32,9 +35,7 @@ def keep_freed_memory() -> bool:
     """
     if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
         return False
-    if any(k in os.environ for k in _USER_SETTINGS) or "malloc" in os.environ.get(
-        "GLIBC_TUNABLES", ""
-    ):
+    if any(map(is_malloc_variable, os.environ)) or "malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -44,13 +44,13 @@ def amp_dtype(enabled: bool, device: torch.device) -> torch.dtype | None:
     """
     if not enabled or device.type not in ("cuda", "cpu"):
         return None
-    if device.type == "cpu":
-        if cpu_has_native_bf16():
-            return torch.bfloat16
-        warnings.warn("solver.amp: this CPU has no native bf16 (AVX512-BF16 or AMX), where bf16 "
-                      "is slower than fp32; training in fp32", stacklevel=2)
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if native_bf16(device):
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.float16
+    warnings.warn("solver.amp: this CPU has no native bf16 (AVX512-BF16 or AMX), where bf16 "
+                  "is slower than fp32; training in fp32", stacklevel=2)
+    return None
 
 
 def cpu_has_native_bf16() -> bool:
@@ -60,9 +60,11 @@ def cpu_has_native_bf16() -> bool:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 runs on hardware units on ``device`` (CUDA, or a CPU with AVX512-BF16 / AMX);
-    elsewhere oneDNN emulates it, many times slower than fp32."""
-    return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+    """Whether bf16 is what ``solver.amp`` uses on ``device``: a GPU that supports it, or a CPU with
+    AVX512-BF16 / AMX (elsewhere oneDNN emulates it, many times slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_native_bf16()
 
 
 class Trainer:
