@@ -23,6 +23,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers.models.maskformer.modeling_maskformer import (
     MaskFormerHungarianMatcher,
     MaskFormerLoss,
@@ -40,6 +41,7 @@ from maskformer.losses import (
     weighted_total,
 )
 from maskformer.losses import criterion as criterion_module
+from maskformer.losses.functional import mask_losses, resize_bilinear
 
 K = 5  # real classes; column K is "no object"
 
@@ -127,6 +129,53 @@ def test_focal_and_dice_on_a_hand_made_case():
     # dice: 1 - (2*0.5 + 1) / (1 + 1 + 1) = 1/3
     assert float(dice_loss(logits, target, 1)) == pytest.approx(1 / 3)
     assert float(dice_loss(logits.repeat(4, 1), target.repeat(4, 1), 2)) == pytest.approx(2 / 3)
+
+
+def _naive_focal_and_dice(logits, target, alpha, gamma):
+    """The textbook formulas, one elementwise step each (what the fused ones must equal)."""
+    p = logits.sigmoid()
+    bce = -(target * torch.log(p) + (1 - target) * torch.log(1 - p))
+    p_t = p * target + (1 - p) * (1 - target)
+    focal = bce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        focal = (alpha * target + (1 - alpha) * (1 - target)) * focal
+    dice = 1 - (2 * (p * target).sum(-1) + 1) / (p.sum(-1) + target.sum(-1) + 1)
+    return focal.mean(1).sum(), dice.sum()
+
+
+@pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (0.5, 1.5), (-1.0, 3.0), (0.25, 0.0)])
+def test_mask_losses_equal_the_textbook_formulas_and_gradients(alpha, gamma):
+    gen = torch.Generator().manual_seed(3)
+    logits = (torch.randn(5, 300, generator=gen, dtype=torch.float64) * 4).requires_grad_(True)
+    # fractional targets too: the point-sampled loss interpolates the binary masks
+    target = torch.rand(5, 300, generator=gen, dtype=torch.float64)
+    target[:3] = (target[:3] > 0.7).double()
+    focal, dice = mask_losses(logits, target, 2.5, alpha=alpha, gamma=gamma)
+    ref_focal, ref_dice = _naive_focal_and_dice(logits, target, alpha, gamma)
+    torch.testing.assert_close(focal, ref_focal / 2.5)
+    torch.testing.assert_close(dice, ref_dice / 2.5)
+    torch.testing.assert_close(focal, sigmoid_focal_loss(logits, target, 2.5, alpha, gamma))
+    torch.testing.assert_close(dice, dice_loss(logits, target, 2.5))
+    grad = torch.autograd.grad(3 * focal + 2 * dice, logits)[0]
+    ref_grad = torch.autograd.grad(3 * ref_focal / 2.5 + 2 * ref_dice / 2.5, logits)[0]
+    torch.testing.assert_close(grad, ref_grad)
+
+
+@pytest.mark.parametrize(
+    "in_hw,out_hw", [((32, 32), (128, 128)), ((7, 9), (37, 20)), ((40, 13), (13, 40)), ((5, 6), (5, 6))]
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_resize_bilinear_equals_interpolate_forward_and_backward(in_hw, out_hw, dtype):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 1, *in_hw, generator=gen, dtype=dtype).requires_grad_(True)
+    upstream = torch.randn(4, 1, *out_hw, generator=gen, dtype=dtype)
+    ours = resize_bilinear(x, out_hw)
+    ref = F.interpolate(x, size=out_hw, mode="bilinear", align_corners=False)
+    tol = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {}
+    torch.testing.assert_close(ours, ref, **tol)
+    grad = torch.autograd.grad(ours, x, upstream)[0]
+    ref_grad = torch.autograd.grad(ref, x, upstream)[0]
+    torch.testing.assert_close(grad, ref_grad, **tol)
 
 
 def test_criterion_matches_independent_reference():
