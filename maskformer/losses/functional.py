@@ -74,8 +74,7 @@ def _focal(logits: Tensor, probs: Tensor, targets: Tensor, alpha: float, gamma: 
     weight = (1 - alpha) + (2 * alpha - 1) * targets if alpha >= 0 else None  # alpha_t
     bce = F.binary_cross_entropy_with_logits(logits, targets, weight=weight, reduction="none")
     one_minus_pt = torch.addcmul(targets, probs, 1 - 2 * targets)  # (M, P)
-    modulation = one_minus_pt.square() if gamma == 2 else one_minus_pt.pow(gamma)
-    return (bce * modulation).mean(1).sum()
+    return (bce * one_minus_pt.pow(gamma)).mean(1).sum()
 
 
 def _dice(probs: Tensor, targets: Tensor) -> Tensor:
@@ -112,14 +111,14 @@ def _interpolation_matrix(
     float64, as PyTorch's kernels."""
     opmath = torch.float64 if dtype == torch.float64 else torch.float32  # PyTorch's precision
     scale = torch.tensor(size_in / size_out, dtype=opmath)
-    index = torch.arange(size_out, dtype=opmath)
-    source = ((index + 0.5) * scale - 0.5).clamp(min=0)
+    index = torch.arange(size_out)
+    source = ((index.to(opmath) + 0.5) * scale - 0.5).clamp(min=0)
     left = source.floor().long().clamp(max=size_in - 1)
     right = (left + 1).clamp(max=size_in - 1)
     frac = source - left
     matrix = torch.zeros(size_out, size_in, dtype=opmath)
-    matrix.index_put_((index.long(), left), 1 - frac, accumulate=True)
-    matrix.index_put_((index.long(), right), frac, accumulate=True)
+    matrix.index_put_((index, left), 1 - frac, accumulate=True)
+    matrix.index_put_((index, right), frac, accumulate=True)
     return matrix.to(device=device, dtype=dtype)
 
 
