@@ -39,7 +39,7 @@ _FOREIGN_SUFFIXES = (".pkl", ".pth", ".pt", ".bin", ".ckpt", ".pickle")
 # Buffers computed from the config (not learned): tolerated when absent from / extra in a file.
 _DERIVED_BUFFERS = ("relative_position_index", "attn_mask")
 _CLASS_KEYS = ("class_embed.weight", "class_embed.bias")  # (K+1, D), (K+1,); row K = no object
-_QUERY_KEYS = ("query_embed.weight",)  # (Q, D)
+_QUERY_KEYS = ("query_embed.weight", "query_feat.weight")  # (Q, D)
 
 
 @dataclass

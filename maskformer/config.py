@@ -63,6 +63,10 @@ class ModelConfig:
     transformer_in_feature: str = "res5"  # res2..res5, "transformer_encoder" or "pixel_embedding"
     enforce_input_proj: bool = False
     deep_supervision: bool = True
+    # Mask2Former's masked attention (not in MaskFormer; off by default): learned query features, a
+    # prediction before the first layer, and each layer's cross-attention limited to the foreground
+    # (sigmoid > 0.5) of the previous prediction; that prediction is supervised as one more aux output.
+    masked_attention: bool = False
     size_divisibility: int = 32  # model-level padding of the batch (0 for COCO panoptic)
 
 

@@ -15,7 +15,8 @@ class AuxOutput(TypedDict):
 class MaskFormerOutput(TypedDict):
     pred_logits: torch.Tensor  # (B, Q, K+1)
     pred_masks: torch.Tensor  # (B, Q, H/4, W/4)
-    aux_outputs: list[AuxOutput]  # one per earlier decoder layer (5 for the official model)
+    aux_outputs: list[AuxOutput]  # one per earlier decoder layer (5 for the official model; with
+    # masked attention also the prediction before the first layer)
 
 
 class Target(TypedDict):

@@ -522,3 +522,18 @@ def test_channels_last_run_matches_the_contiguous_run(straight_run, synth_data, 
               if "loss" in ra]
     assert len(losses) == cfg.solver.max_iter
     assert all(lb == pytest.approx(la, rel=1e-4) for la, lb in losses)
+
+
+def test_masked_attention_run_weighs_every_prediction(synth_data, tmp_path):
+    """With masked attention the prediction before the first decoder layer is one more aux output:
+    the train command must weigh its losses too (weighted_total drops keys without a weight)."""
+    cfg = small_cfg(apply_overrides(get_preset("maskformer_tiny"), {
+        "model.backbone": "test_resnet", "model.masked_attention": True, "solver.max_iter": 2}))
+    out = tmp_path / "run"
+    train(cfg, TrainOptions(train=str(synth_data), out=str(out), progress=False))
+    first = _metrics(out)[0]
+    weights = default_loss_weights(cfg.solver, cfg.model.dec_layers + 1)
+    assert set(first["weighted"]) == set(weights)  # loss_ce, loss_ce_0, loss_ce_1, ...
+    assert f"loss_ce_{cfg.model.dec_layers - 1}" in first["weighted"]
+    assert first["loss"] == pytest.approx(sum(first["weighted"].values()))
+    assert load_checkpoint(out / "model_final.safetensors").cfg.model.masked_attention

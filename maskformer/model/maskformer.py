@@ -49,9 +49,11 @@ class TransformerPredictor(nn.Module):
         mask_dim: int,
         enforce_input_proj: bool,
         deep_supervision: bool,
+        masked_attention: bool = False,
     ) -> None:
         super().__init__()
         self.deep_supervision = deep_supervision
+        self.num_heads = num_heads
         self.pe_layer = PositionEmbeddingSine(num_pos_feats=hidden_dim // 2, normalize=True)
         self.transformer = Transformer(
             d_model=hidden_dim,
@@ -62,6 +64,8 @@ class TransformerPredictor(nn.Module):
             pre_norm=pre_norm,
         )
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        # masked attention starts from learned query features (MaskFormer starts from zeros)
+        self.query_feat = nn.Embedding(num_queries, hidden_dim) if masked_attention else None
         if in_channels != hidden_dim or enforce_input_proj:
             self.input_proj = nn.Conv2d(in_channels, hidden_dim, kernel_size=1)
             c2_xavier_fill(self.input_proj)
@@ -73,6 +77,8 @@ class TransformerPredictor(nn.Module):
     def forward(self, x: Tensor, mask_features: Tensor, aux: bool = True) -> MaskFormerOutput:
         """Args: x (B, C, h, w) predictor input; mask_features (B, mask_dim, H/4, W/4);
         aux: also return the earlier layers' predictions (only with deep supervision)."""
+        if self.query_feat is not None:
+            return self._forward_masked(x, mask_features, aux)
         pos = self.pe_layer(x)  # (B, D, h, w), computed on the pre-projection map
         hs = self.transformer(
             self.input_proj(x),
@@ -91,6 +97,45 @@ class TransformerPredictor(nn.Module):
             "pred_logits": class_logits[-1],
             "pred_masks": mask_logits[-1],
             "aux_outputs": aux_outputs,
+        }
+
+    def _predict(self, tgt: Tensor, mask_features: Tensor) -> tuple[Tensor, Tensor]:
+        """Class and mask logits of decoder states (B, Q, D), through the shared final norm."""
+        hs = self.transformer.decoder.norm(tgt)
+        masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(hs), mask_features)
+        return self.class_embed(hs), masks
+
+    def _attention_mask(self, mask_logits: Tensor, size: tuple[int, int]) -> Tensor:
+        """(B * heads, Q, h * w) True outside each query's predicted mask (sigmoid < 0.5); a query
+        whose mask is empty attends everywhere (as Mask2Former)."""
+        with torch.no_grad():
+            if mask_logits.shape[-2:] != size:
+                mask_logits = F.interpolate(mask_logits, size=size, mode="bilinear")
+            blocked = mask_logits.flatten(2) < 0  # sigmoid(x) < 0.5
+            blocked &= ~blocked.all(-1, keepdim=True)
+            return blocked.repeat_interleave(self.num_heads, dim=0)
+
+    def _forward_masked(self, x: Tensor, mask_features: Tensor, aux: bool) -> MaskFormerOutput:
+        """Mask2Former-style decoding: predict before the first layer and after each, each layer
+        attending only inside the previous prediction's masks."""
+        src = self.input_proj(x)
+        b, _, h, w = src.shape
+        memory = src.flatten(2).transpose(1, 2)  # (B, HW, D)
+        pos = self.pe_layer(x).flatten(2).transpose(1, 2)
+        query_pos = self.query_embed.weight.unsqueeze(0).expand(b, -1, -1)
+        tgt = self.query_feat.weight.unsqueeze(0).expand(b, -1, -1)
+        preds = [self._predict(tgt, mask_features)]
+        for layer in self.transformer.decoder.layers:
+            attn_mask = self._attention_mask(preds[-1][1], (h, w))
+            tgt = layer(tgt, memory, pos, query_pos, memory_mask=attn_mask)
+            preds.append(self._predict(tgt, mask_features))
+        keep_aux = self.deep_supervision and aux
+        return {
+            "pred_logits": preds[-1][0],
+            "pred_masks": preds[-1][1],
+            "aux_outputs": [
+                {"pred_logits": c, "pred_masks": m} for c, m in preds[:-1]
+            ] if keep_aux else [],
         }
 
 
@@ -122,7 +167,8 @@ class MaskFormer(nn.Module):
         Returns:
             ``pred_logits`` (B, Q, K+1), index K is "no object"; ``pred_masks`` (B, Q, ceil(H/4),
             ceil(W/4)) mask logits (apply sigmoid); ``aux_outputs``: the same for the first
-            dec_layers - 1 decoder layers, or an empty list.
+            dec_layers - 1 decoder layers (with ``masked_attention`` also the prediction made
+            before the first layer: dec_layers entries), or an empty list.
         """
         features = self.backbone(images)
         mask_features, encoder_features = self.pixel_decoder(features)
@@ -176,6 +222,7 @@ def build_model(cfg: ModelConfig) -> MaskFormer:
         mask_dim=cfg.mask_dim,
         enforce_input_proj=cfg.enforce_input_proj,
         deep_supervision=cfg.deep_supervision,
+        masked_attention=cfg.masked_attention,
     )
     return MaskFormer(
         backbone=backbone,

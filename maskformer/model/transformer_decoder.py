@@ -73,21 +73,31 @@ class DecoderLayer(nn.Module):
         return self.linear2(self.dropout(F.relu(self.linear1(x))))
 
     def forward(
-        self, tgt: Tensor, memory: Tensor, pos: Tensor | None, query_pos: Tensor | None
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        pos: Tensor | None,
+        query_pos: Tensor | None,
+        memory_mask: Tensor | None = None,
     ) -> Tensor:
-        """Args: tgt, query_pos (B, Q, D); memory, pos (B, L, D). Returns (B, Q, D)."""
+        """Args: tgt, query_pos (B, Q, D); memory, pos (B, L, D); memory_mask (B * heads, Q, L),
+        True where a query may not attend. Returns (B, Q, D)."""
         key = _with_pos(memory, pos)
         if self.pre_norm:
             x = self.norm1(tgt)
             q = _with_pos(x, query_pos)
             tgt = tgt + self.dropout1(self.self_attn(q, q, x, need_weights=False)[0])
             x = self.norm2(tgt)
-            x = self.multihead_attn(_with_pos(x, query_pos), key, memory, need_weights=False)[0]
+            x = self.multihead_attn(
+                _with_pos(x, query_pos), key, memory, attn_mask=memory_mask, need_weights=False
+            )[0]
             tgt = tgt + self.dropout2(x)
             return tgt + self.dropout3(self._ffn(self.norm3(tgt)))
         q = _with_pos(tgt, query_pos)
         tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, q, tgt, need_weights=False)[0]))
-        x = self.multihead_attn(_with_pos(tgt, query_pos), key, memory, need_weights=False)[0]
+        x = self.multihead_attn(
+            _with_pos(tgt, query_pos), key, memory, attn_mask=memory_mask, need_weights=False
+        )[0]
         tgt = self.norm2(tgt + self.dropout2(x))
         return self.norm3(tgt + self.dropout3(self._ffn(tgt)))
 
