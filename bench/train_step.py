@@ -251,7 +251,7 @@ def main() -> int:
     exact = build_criterion(cfg).to(device)
     points = build_criterion(replace(cfg, solver=replace(cfg.solver, point_sampled_loss=True)))
     points = points.to(device)
-    weights = default_loss_weights(cfg.solver, cfg.model.dec_layers)
+    weights = default_loss_weights(cfg.solver, cfg.model.num_predictions)
     images, targets = make_batch(args.batch, args.size, args.masks, 150, device)
     hf_masks = [t["masks"].float() for t in targets]
     hf_labels = [t["labels"] for t in targets]

@@ -69,6 +69,12 @@ class ModelConfig:
     masked_attention: bool = False
     size_divisibility: int = 32  # model-level padding of the batch (0 for COCO panoptic)
 
+    @property
+    def num_predictions(self) -> int:
+        """Predictions a training forward returns (final + aux): one per decoder layer, and with
+        masked attention also the one made before the first layer. The loss weights cover these."""
+        return self.dec_layers + int(self.masked_attention)
+
 
 @dataclass(frozen=True)
 class InputConfig:

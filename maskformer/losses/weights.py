@@ -13,7 +13,8 @@ def default_loss_weights(solver_cfg: SolverConfig, num_layers: int) -> dict[str,
 
     Args:
         solver_cfg: supplies ``class_weight`` (1), ``mask_weight`` (20) and ``dice_weight`` (1).
-        num_layers: decoder layers L; aux keys get suffixes ``_0`` .. ``_{L-2}``.
+        num_layers: predictions L (the decoder layers, plus one with masked attention); aux keys
+            get suffixes ``_0`` .. ``_{L-2}``.
 
     Returns:
         ``{"loss_ce": 1.0, "loss_mask": 20.0, "loss_dice": 1.0, "loss_ce_0": 1.0, ...}``.

@@ -143,7 +143,7 @@ class _Run:
             criterion,
             optimizer,
             solver,
-            self.cfg.model.dec_layers + int(self.cfg.model.masked_attention),  # aux predictions + 1
+            self.cfg.model.num_predictions,
             self.info.device,
         )
         if tag is not None:

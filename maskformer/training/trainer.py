@@ -75,7 +75,7 @@ class Trainer:
         criterion: Returns unweighted losses (``SetCriterion``).
         optimizer: Groups carry ``lr_mult`` (see ``optim.build_param_groups``).
         solver: Schedule, clipping, accumulation, AMP and loss weights.
-        num_layers: Decoder layers (for the aux loss weights).
+        num_layers: Predictions per forward, final + aux (``cfg.model.num_predictions``).
         device: Where batches go.
     """
 
