@@ -16,18 +16,31 @@ DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "demo.safetensors"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="MaskFormer Studio: inspect and correct segmentations.")
-    p.add_argument("--checkpoint", type=Path, default=None,
-                   help="native .safetensors checkpoint (default: the workspace's active model "
-                        f"version, e.g. the last fine-tune, else {DEFAULT_CHECKPOINT})")
-    p.add_argument("--workspace", type=Path, default=ROOT / "workspace",
-                   help="workspace folder (created if missing; default: ./workspace)")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="native .safetensors checkpoint (default: the workspace's active model "
+        f"version, e.g. the last fine-tune, else {DEFAULT_CHECKPOINT})",
+    )
+    p.add_argument(
+        "--workspace",
+        type=Path,
+        default=ROOT / "workspace",
+        help="workspace folder (created if missing; default: ./workspace)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--auth", default=None, metavar="USER:PASS",
-                   help="require this user name and password")
+    p.add_argument(
+        "--auth", default=None, metavar="USER:PASS", help="require this user name and password"
+    )
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice; 1 is best on a busy machine)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice; 1 is best on a busy machine)",
+    )
     return p.parse_args(argv)
 
 
@@ -62,10 +75,13 @@ def main(argv: list[str] | None = None) -> int:
         explicit = args.checkpoint is not None
         args.checkpoint, why = startup_checkpoint(args.checkpoint, workspace)
         if not args.checkpoint.is_file():
-            hint = ("make one with `python -m maskformer synth --out runs/synth && python -m "
-                    "maskformer train --preset maskformer_demo --train runs/synth --out runs/demo` "
-                    "(see checkpoints/README.md), or pass --checkpoint PATH"
-                    if not explicit else "pass an existing --checkpoint PATH")
+            hint = (
+                "make one with `python -m maskformer synth --out runs/synth && python -m "
+                "maskformer train --preset maskformer_demo --train runs/synth --out runs/demo` "
+                "(see checkpoints/README.md), or pass --checkpoint PATH"
+                if not explicit
+                else "pass an existing --checkpoint PATH"
+            )
             print(f"error: checkpoint {args.checkpoint} not found; {hint}", file=sys.stderr)
             return 2
 
@@ -85,12 +101,22 @@ def main(argv: list[str] | None = None) -> int:
     from app.ui import CSS, HEAD, build_ui
 
     demo = build_ui(ctx)
-    print(f"MaskFormer Studio: http://{args.host}:{args.port}/  (workspace {args.workspace}; "
-          f"model {args.checkpoint}: {why})", flush=True)
+    print(
+        f"MaskFormer Studio: http://{args.host}:{args.port}/  (workspace {args.workspace}; "
+        f"model {args.checkpoint}: {why})",
+        flush=True,
+    )
     demo.queue(default_concurrency_limit=4, max_size=64).launch(
-        server_name=args.host, server_port=args.port, auth=auth, show_error=True,
-        max_file_size="50mb", allowed_paths=[str(args.workspace / "exports")],
-        css=CSS, head=HEAD, quiet=True)
+        server_name=args.host,
+        server_port=args.port,
+        auth=auth,
+        show_error=True,
+        max_file_size="50mb",
+        allowed_paths=[str(args.workspace / "exports")],
+        css=CSS,
+        head=HEAD,
+        quiet=True,
+    )
     return 0
 
 

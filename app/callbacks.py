@@ -41,8 +41,12 @@ class AppContext:
     default_overlap: float = 0.8
 
 
-def make_context(predictor: Any, workspace: Workspace, checkpoint: str | Path = "",
-                 examples_dir: Path = EXAMPLES_DIR) -> AppContext:
+def make_context(
+    predictor: Any,
+    workspace: Workspace,
+    checkpoint: str | Path = "",
+    examples_dir: Path = EXAMPLES_DIR,
+) -> AppContext:
     """Register the model's classes (and the checkpoint as a model version, made the active one:
     the version the app serves, restored by the next start) in the workspace."""
     meta = predictor.meta
@@ -53,7 +57,9 @@ def make_context(predictor: Any, workspace: Workspace, checkpoint: str | Path = 
         workspace.set_active_model_version(version.id)
     test = getattr(getattr(predictor, "cfg", None), "test", None)
     return AppContext(
-        predictor=predictor, workspace=workspace, meta=meta,
+        predictor=predictor,
+        workspace=workspace,
+        meta=meta,
         class_categories=workspace.ensure_meta(meta),
         examples=sorted(examples_dir.glob("*.png")) if examples_dir.is_dir() else [],
         model_version_id=version.id if version else None,
@@ -65,8 +71,9 @@ def make_context(predictor: Any, workspace: Workspace, checkpoint: str | Path = 
 # ------------------------------------------------------------------------------------ opening
 
 
-def open_upload(ctx: AppContext, s: Session, path: str | Path | None, score: float,
-                overlap: float) -> Session:
+def open_upload(
+    ctx: AppContext, s: Session, path: str | Path | None, score: float, overlap: float
+) -> Session:
     """Add an uploaded file to the workspace and open it (bad files raise ImageReadError)."""
     if not path:
         raise ImageReadError("no file was uploaded")
@@ -87,8 +94,7 @@ def open_example(ctx: AppContext, s: Session, name: str, score: float, overlap: 
     return open_image(ctx, s, rec.id, score, overlap)
 
 
-def open_image(ctx: AppContext, s: Session, image_id: int, score: float,
-               overlap: float) -> Session:
+def open_image(ctx: AppContext, s: Session, image_id: int, score: float, overlap: float) -> Session:
     """Run the model once on a workspace image and cache what every later view needs.
 
     A stored correction is opened as is; otherwise the model merge is stored as "predicted".
@@ -110,16 +116,22 @@ def open_image(ctx: AppContext, s: Session, image_id: int, score: float,
         s.edited = True
     else:
         s.annotation = merged_annotation(ctx, s)
-        ws.save_annotation(rec.id, s.annotation.id_map, list(s.annotation.segments),
-                           status="predicted", source="model",
-                           model_version_id=ctx.model_version_id)
+        ws.save_annotation(
+            rec.id,
+            s.annotation.id_map,
+            list(s.annotation.segments),
+            status="predicted",
+            source="model",
+            model_version_id=ctx.model_version_id,
+        )
     return s
 
 
 def _thumbnails(image: np.ndarray, mask_probs: torch.Tensor) -> list[np.ndarray]:
     h, w = render.thumbnail_size(*image.shape[:2], THUMB_SIDE)
-    small = F.interpolate(mask_probs[None], size=(h, w), mode="bilinear", antialias=True,
-                          align_corners=False)[0]  # (Q, h, w)
+    small = F.interpolate(
+        mask_probs[None], size=(h, w), mode="bilinear", antialias=True, align_corners=False
+    )[0]  # (Q, h, w)
     return render.thumbnails(image, small.clamp(0, 1).numpy())
 
 
@@ -145,9 +157,16 @@ def prediction_categories(ctx: AppContext, s: Session) -> list[int]:
 def merged_annotation(ctx: AppContext, s: Session) -> Annotation:
     """The current merge as an editable annotation (model classes -> workspace categories)."""
     cats = prediction_categories(ctx, s)
-    segs = [{"id": int(g["id"]), "category_id": cats[int(g["category_id"])],
-             "isthing": bool(g["isthing"]), "query": int(g["query"]), "score": float(g["score"])}
-            for g in s.merged.segments]
+    segs = [
+        {
+            "id": int(g["id"]),
+            "category_id": cats[int(g["category_id"])],
+            "isthing": bool(g["isthing"]),
+            "query": int(g["query"]),
+            "score": float(g["score"]),
+        }
+        for g in s.merged.segments
+    ]
     return editing.make_annotation(s.merged.panoptic_seg.numpy(), segs)
 
 
@@ -205,8 +224,9 @@ def select_segment(s: Session, seg_id: Any) -> Session:
     return s
 
 
-def relabel_segment(ctx: AppContext, s: Session, seg_id: Any, class_name: str | None,
-                    isthing_if_new: bool = True) -> Session:
+def relabel_segment(
+    ctx: AppContext, s: Session, seg_id: Any, class_name: str | None, isthing_if_new: bool = True
+) -> Session:
     sid = _segment_id(s, seg_id)
     cat_id, isthing = category_for(ctx, class_name, isthing_if_new)
     s.push(editing.relabel(s.annotation, sid, cat_id, isthing))
@@ -250,9 +270,14 @@ def accept_query(ctx: AppContext, s: Session, query: Any) -> Session:
     mask = (s.mask_probs[q] >= 0.5).numpy()
     if not mask.any():
         raise EditError(f"query {q} has no pixel with mask probability >= 0.5")
-    ann, sid = editing.add_segment(s.annotation, mask, prediction_categories(ctx, s)[label],
-                                   bool(s.prediction.meta.isthing[label]), query=q,
-                                   score=float(probs[label]))
+    ann, sid = editing.add_segment(
+        s.annotation,
+        mask,
+        prediction_categories(ctx, s)[label],
+        bool(s.prediction.meta.isthing[label]),
+        query=q,
+        score=float(probs[label]),
+    )
     s.push(ann)
     s.selected = sid
     return s
@@ -268,8 +293,14 @@ def swap_second_class(ctx: AppContext, s: Session, seg_id: Any) -> Session:
     if probs.numel() < 2:
         raise EditError("the model has only one class")
     second = int(probs.topk(2).indices[1])
-    s.push(editing.relabel(s.annotation, sid, prediction_categories(ctx, s)[second],
-                           bool(s.prediction.meta.isthing[second])))
+    s.push(
+        editing.relabel(
+            s.annotation,
+            sid,
+            prediction_categories(ctx, s)[second],
+            bool(s.prediction.meta.isthing[second]),
+        )
+    )
     s.selected = sid
     return s
 
@@ -288,8 +319,14 @@ def save(ctx: AppContext, s: Session) -> str:
     """Store the annotation as the image's correction (one transaction)."""
     s.require_image()
     ann = s.annotation
-    ctx.workspace.save_annotation(s.image_id, ann.id_map, list(ann.segments), status="corrected",
-                                  source="user", model_version_id=ctx.model_version_id)
+    ctx.workspace.save_annotation(
+        s.image_id,
+        ann.id_map,
+        list(ann.segments),
+        status="corrected",
+        source="user",
+        model_version_id=ctx.model_version_id,
+    )
     s.dirty = False
     s.edited = True
     return f"Saved {len(ann.segments)} segments of image {s.image_id} ({s.image_name})."
@@ -322,8 +359,9 @@ def editor_value(ctx: AppContext, s: Session) -> dict[str, Any] | None:
         cat = cats.get(int(s.annotation.segment(s.selected)["category_id"]))
         color = cat.color if cat else ADD_COLOR
     crop = np.s_[y0:y1, x0:x1]
-    bg = render.burn_segment(s.image[crop], None if mask is None else mask[crop], color,
-                             s.annotation.id_map[crop])
+    bg = render.burn_segment(
+        s.image[crop], None if mask is None else mask[crop], color, s.annotation.id_map[crop]
+    )
     return {"background": bg, "layers": [], "composite": bg}
 
 
@@ -370,12 +408,18 @@ def _check_rgba(a: np.ndarray, shape: tuple[int, int], what: str) -> None:
     if a.ndim != 3 or a.shape[2] != 4:
         raise EditError(f"the {what} has shape {a.shape}; expected (H, W, 4) RGBA")
     if a.shape[:2] != tuple(shape):
-        raise EditError("the brush strokes do not match the editor image; select the "
-                        "segment again and repaint")
+        raise EditError(
+            "the brush strokes do not match the editor image; select the segment again and repaint"
+        )
 
 
-def apply_brush(ctx: AppContext, s: Session, value: dict[str, Any] | None, class_name: str | None,
-                isthing_if_new: bool = True) -> Session:
+def apply_brush(
+    ctx: AppContext,
+    s: Session,
+    value: dict[str, Any] | None,
+    class_name: str | None,
+    isthing_if_new: bool = True,
+) -> Session:
     """Apply the strokes: edit the selected segment, or with none selected draw a new segment of
     ``class_name`` from the 'add' strokes."""
     s.require_image()

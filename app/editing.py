@@ -78,8 +78,12 @@ def next_id(ann: Annotation) -> int:
 def relabel(ann: Annotation, seg_id: int, category_id: int, isthing: bool) -> Annotation:
     """Give a segment another category (pixels unchanged)."""
     ann.segment(seg_id)
-    segs = tuple({**s, "category_id": int(category_id), "isthing": bool(isthing)}
-                 if int(s["id"]) == int(seg_id) else s for s in ann.segments)
+    segs = tuple(
+        {**s, "category_id": int(category_id), "isthing": bool(isthing)}
+        if int(s["id"]) == int(seg_id)
+        else s
+        for s in ann.segments
+    )
     return Annotation(ann.id_map, segs)
 
 
@@ -126,8 +130,15 @@ def split(ann: Annotation, seg_id: int, connectivity: int = 1) -> Annotation:
     return _with_areas(id_map, segs)
 
 
-def add_segment(ann: Annotation, mask: np.ndarray, category_id: int, isthing: bool, *,
-                query: int | None = None, score: float | None = None) -> tuple[Annotation, int]:
+def add_segment(
+    ann: Annotation,
+    mask: np.ndarray,
+    category_id: int,
+    isthing: bool,
+    *,
+    query: int | None = None,
+    score: float | None = None,
+) -> tuple[Annotation, int]:
     """Paint a new segment over ``mask`` (it takes those pixels from any other segment).
 
     Returns:
@@ -139,9 +150,13 @@ def add_segment(ann: Annotation, mask: np.ndarray, category_id: int, isthing: bo
     sid = next_id(ann)
     id_map = ann.id_map.copy()
     id_map[mask] = sid
-    seg = {"id": sid, "category_id": int(category_id), "isthing": bool(isthing),
-           "query": None if query is None else int(query),
-           "score": None if score is None else float(score)}
+    seg = {
+        "id": sid,
+        "category_id": int(category_id),
+        "isthing": bool(isthing),
+        "query": None if query is None else int(query),
+        "score": None if score is None else float(score),
+    }
     return _with_areas(id_map, [*ann.segments, seg]), sid
 
 
@@ -164,8 +179,9 @@ def edit_mask(ann: Annotation, seg_id: int, add: np.ndarray, remove: np.ndarray)
 def _check_mask(ann: Annotation, mask: np.ndarray, what: str) -> np.ndarray:
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != ann.id_map.shape:
-        raise EditError(f"{what}: mask shape {mask.shape} differs from the image's "
-                        f"{ann.id_map.shape} (H, W)")
+        raise EditError(
+            f"{what}: mask shape {mask.shape} differs from the image's {ann.id_map.shape} (H, W)"
+        )
     return mask
 
 

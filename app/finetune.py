@@ -61,11 +61,21 @@ def corrected_images(ws: Workspace) -> list[ImageRecord]:
 def readiness(ws: Workspace, min_corrected: int = MIN_CORRECTED) -> Readiness:
     n = len(corrected_images(ws))
     if n < min_corrected:
-        return Readiness(False, f"Fine-tuning needs at least {min_corrected} corrected images; "
-                                f"this workspace has {n}. Correct and save more images first.", n)
+        return Readiness(
+            False,
+            f"Fine-tuning needs at least {min_corrected} corrected images; "
+            f"this workspace has {n}. Correct and save more images first.",
+            n,
+        )
     held = num_heldout(n)
-    return Readiness(True, f"{n} corrected images: {n - held} to train on, {held} held out for "
-                           "the before/after comparison.", n, n - held, held)
+    return Readiness(
+        True,
+        f"{n} corrected images: {n - held} to train on, {held} held out for "
+        "the before/after comparison.",
+        n,
+        n - held,
+        held,
+    )
 
 
 def num_heldout(n: int, fraction: float = HOLDOUT_FRACTION) -> int:
@@ -78,8 +88,9 @@ def _rank(rec: ImageRecord) -> str:
     return hashlib.sha256(f"holdout:{rec.sha256}".encode()).hexdigest()
 
 
-def split_holdout(records: list[ImageRecord], fraction: float = HOLDOUT_FRACTION,
-                  first: tuple[str, ...] = ()) -> tuple[list[int], list[int]]:
+def split_holdout(
+    records: list[ImageRecord], fraction: float = HOLDOUT_FRACTION, first: tuple[str, ...] = ()
+) -> tuple[list[int], list[int]]:
     """Deterministic (train ids, held-out ids) of the corrected images.
 
     Images are ranked by a hash of their content, so the split does not depend on the order they
@@ -100,14 +111,17 @@ def split_holdout(records: list[ImageRecord], fraction: float = HOLDOUT_FRACTION
         recs = images_of[name]
         if len(recs) >= 2 and not any(r in held for r in recs):
             held.append(recs[0])
-    held += [r for r in ranked if r not in held][:n_held - len(held)]
+    held += [r for r in ranked if r not in held][: n_held - len(held)]
     held_ids = {r.id for r in held}
-    return ([r.id for r in records if r.id not in held_ids],
-            [r.id for r in records if r.id in held_ids])
+    return (
+        [r.id for r in records if r.id not in held_ids],
+        [r.id for r in records if r.id in held_ids],
+    )
 
 
-def training_categories(ws: Workspace, base_meta: DatasetMeta,
-                        records: list[ImageRecord]) -> list[Category]:
+def training_categories(
+    ws: Workspace, base_meta: DatasetMeta, records: list[ImageRecord]
+) -> list[Category]:
     """The class order of the fine-tune: the base model's classes first, at their old indices
     (matched by name), then the workspace categories the corrections use that it lacks.
 
@@ -122,10 +136,13 @@ def training_categories(ws: Workspace, base_meta: DatasetMeta,
 
 
 def meta_for(categories: list[Category], name: str = "workspace") -> DatasetMeta:
-    return DatasetMeta(class_names=tuple(c.name for c in categories),
-                       isthing=tuple(c.isthing for c in categories),
-                       colors=tuple(c.color for c in categories),
-                       dataset_ids=tuple(c.dataset_id for c in categories), name=name)
+    return DatasetMeta(
+        class_names=tuple(c.name for c in categories),
+        isthing=tuple(c.isthing for c in categories),
+        colors=tuple(c.color for c in categories),
+        dataset_ids=tuple(c.dataset_id for c in categories),
+        name=name,
+    )
 
 
 # ------------------------------------------------------------------------------------ the job
@@ -192,9 +209,11 @@ class FinetuneSpec:
 
 def schedule(iters: int) -> dict[str, int]:
     """Log, checkpoint and warm-up periods that suit a short run of ``iters`` iterations."""
-    return {"log_period": max(1, min(10, iters // 15)),
-            "checkpoint_period": max(5, iters // 6),
-            "warmup_iters": min(10, iters // 10)}
+    return {
+        "log_period": max(1, min(10, iters // 15)),
+        "checkpoint_period": max(5, iters // 6),
+        "warmup_iters": min(10, iters // 10),
+    }
 
 
 def job_command(spec_path: str | Path) -> list[str]:
@@ -210,9 +229,13 @@ def job_env() -> dict[str, str]:
     """
     path = os.environ.get("PYTHONPATH", "")
     threads = str(max(1, (os.cpu_count() or 2) - 1))
-    return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, **os.environ,
-            "PYTHONPATH": str(ROOT) + (os.pathsep + path if path else ""),
-            "PYTHONUNBUFFERED": "1"}
+    return {
+        "OMP_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+        **os.environ,
+        "PYTHONPATH": str(ROOT) + (os.pathsep + path if path else ""),
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 @dataclass(frozen=True)
@@ -285,8 +308,14 @@ def eta_seconds(records: list[dict[str, Any]], total: int) -> float | None:
 
 
 # Share of the whole job's time each phase ends at (training dominates).
-_PHASE_END = {"export": 0.02, "before": 0.06, "train": 0.94, "after": 0.98, "register": 1.0,
-              "done": 1.0}
+_PHASE_END = {
+    "export": 0.02,
+    "before": 0.06,
+    "train": 0.94,
+    "after": 0.98,
+    "register": 1.0,
+    "done": 1.0,
+}
 
 
 class Finetuner:
@@ -299,46 +328,74 @@ class Finetuner:
     def readiness(self) -> Readiness:
         r = readiness(self.ws)
         if r.ok and self.runner.busy():
-            return Readiness(False, "A fine-tune is running; wait for it or cancel it.",
-                             r.corrected, r.train, r.heldout)
+            return Readiness(
+                False,
+                "A fine-tune is running; wait for it or cancel it.",
+                r.corrected,
+                r.train,
+                r.heldout,
+            )
         return r
 
-    def prepare(self, base_checkpoint: str | Path, base_version: int | None,
-                base_meta: DatasetMeta, settings: Settings = Settings()) -> FinetuneSpec:
+    def prepare(
+        self,
+        base_checkpoint: str | Path,
+        base_version: int | None,
+        base_meta: DatasetMeta,
+        settings: Settings = Settings(),
+    ) -> FinetuneSpec:
         """Split the corrected images and write the spec of a new job (nothing runs yet)."""
         ready = readiness(self.ws)
         if not ready.ok:
             raise FinetuneError(ready.reason)
         if settings.iters < 1 or settings.batch < 1:
-            raise FinetuneError(f"iterations and batch size must be at least 1, got "
-                                f"{settings.iters} and {settings.batch}")
+            raise FinetuneError(
+                f"iterations and batch size must be at least 1, got "
+                f"{settings.iters} and {settings.batch}"
+            )
         records = corrected_images(self.ws)
         cats = training_categories(self.ws, base_meta, records)
-        new_names = tuple(c.name for c in cats[base_meta.num_classes:])
+        new_names = tuple(c.name for c in cats[base_meta.num_classes :])
         train, held = split_holdout(records, first=new_names)
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         spec = FinetuneSpec(
-            workspace=str(self.ws.root), job_dir=str(self.ws.root / "finetune" / stamp),
-            base_checkpoint=str(base_checkpoint), base_version=base_version,
-            train_images=train, heldout_images=held, category_ids=[c.id for c in cats],
-            base_classes=base_meta.num_classes, iters=int(settings.iters),
-            batch=int(settings.batch), lr=settings.lr, device=settings.resolved_device(),
-            created=stamp, **schedule(int(settings.iters)))
+            workspace=str(self.ws.root),
+            job_dir=str(self.ws.root / "finetune" / stamp),
+            base_checkpoint=str(base_checkpoint),
+            base_version=base_version,
+            train_images=train,
+            heldout_images=held,
+            category_ids=[c.id for c in cats],
+            base_classes=base_meta.num_classes,
+            iters=int(settings.iters),
+            batch=int(settings.batch),
+            lr=settings.lr,
+            device=settings.resolved_device(),
+            created=stamp,
+            **schedule(int(settings.iters)),
+        )
         spec.save()
         return spec
 
-    def start(self, base_checkpoint: str | Path, base_version: int | None,
-              base_meta: DatasetMeta, settings: Settings = Settings()) -> JobInfo:
+    def start(
+        self,
+        base_checkpoint: str | Path,
+        base_version: int | None,
+        base_meta: DatasetMeta,
+        settings: Settings = Settings(),
+    ) -> JobInfo:
         if self.runner.busy():  # checked again under the lock by the runner
-            raise JobBusyError("a fine-tune is already running in this workspace; wait for it "
-                               "or cancel it")
+            raise JobBusyError(
+                "a fine-tune is already running in this workspace; wait for it or cancel it"
+            )
         spec = self.prepare(base_checkpoint, base_version, base_meta, settings)
         return self.launch(spec)
 
     def launch(self, spec: FinetuneSpec) -> JobInfo:
         path = Path(spec.job_dir) / "spec.json"
-        return self.runner.start(job_command(path), spec.job_dir, label=JOB_LABEL,
-                                 env=job_env(), cwd=ROOT)
+        return self.runner.start(
+            job_command(path), spec.job_dir, label=JOB_LABEL, env=job_env(), cwd=ROOT
+        )
 
     def resume(self) -> JobInfo:
         """Run the last job again: its export is reused and training continues from the run's
@@ -350,8 +407,10 @@ class Finetuner:
             raise FinetuneError("the fine-tune is still running")
         result = read_json(Path(st.info.job_dir) / "result.json")
         if result is not None:
-            raise FinetuneError(f"the last fine-tune already finished (version "
-                                f"{result.get('version_id')}); start a new one")
+            raise FinetuneError(
+                f"the last fine-tune already finished (version "
+                f"{result.get('version_id')}); start a new one"
+            )
         return self.launch(FinetuneSpec.load(Path(st.info.job_dir) / "spec.json"))
 
     def cancel(self) -> JobState:
@@ -359,8 +418,11 @@ class Finetuner:
 
     def can_resume(self, st: JobState | None = None) -> bool:
         st = st or self.runner.state()
-        return (st.info is not None and st.state in ("failed", "cancelled", "dead")
-                and (Path(st.info.job_dir) / "spec.json").exists())
+        return (
+            st.info is not None
+            and st.state in ("failed", "cancelled", "dead")
+            and (Path(st.info.job_dir) / "spec.json").exists()
+        )
 
     def progress(self) -> Progress:
         """Read the job's files once (cheap enough for a 1 s timer)."""
@@ -380,19 +442,32 @@ class Finetuner:
         if st.state != "running":
             message = _final_message(st, phase_doc)
             frac = 1.0 if st.state == "finished" else frac
-        return Progress(state=st.state, phase=phase, message=message, iteration=it, total=total,
-                        fraction=frac, eta_s=eta, losses=loss_curve(records),
-                        result=read_json(job_dir / "result.json"),
-                        log_tail=_tail(st.info.log_path) if st.state in ("failed", "dead") else "",
-                        job_id=st.info.job_id)
+        return Progress(
+            state=st.state,
+            phase=phase,
+            message=message,
+            iteration=it,
+            total=total,
+            fraction=frac,
+            eta_s=eta,
+            losses=loss_curve(records),
+            result=read_json(job_dir / "result.json"),
+            log_tail=_tail(st.info.log_path) if st.state in ("failed", "dead") else "",
+            job_id=st.info.job_id,
+        )
 
 
 def _fraction(phase: str, it: int, total: int) -> float:
     if phase == "train" and total > 0:
         lo, hi = _PHASE_END["before"], _PHASE_END["train"]
         return lo + (hi - lo) * min(1.0, it / total)
-    prev = {"export": 0.0, "before": _PHASE_END["export"], "after": _PHASE_END["train"],
-            "register": _PHASE_END["after"], "done": 1.0}
+    prev = {
+        "export": 0.0,
+        "before": _PHASE_END["export"],
+        "after": _PHASE_END["train"],
+        "register": _PHASE_END["after"],
+        "done": 1.0,
+    }
     return prev.get(phase, 0.0)
 
 
@@ -400,8 +475,10 @@ def _final_message(st: JobState, phase_doc: dict[str, Any]) -> str:
     if st.state == "finished":
         return phase_doc.get("message", "finished")
     if st.state == "cancelled":
-        return "Cancelled. The current model and the workspace are unchanged; Resume continues " \
-               "from the last checkpoint."
+        return (
+            "Cancelled. The current model and the workspace are unchanged; Resume continues "
+            "from the last checkpoint."
+        )
     why = phase_doc.get("message", "") if phase_doc.get("phase") == "failed" else st.message
     return f"The fine-tune stopped ({why}). The current model and the workspace are unchanged."
 

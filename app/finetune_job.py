@@ -45,8 +45,9 @@ def write_json(path: Path, obj: Any) -> None:
 # ------------------------------------------------------------------------------------ export
 
 
-def export_images(ws: Workspace, image_ids: list[int], category_ids: list[int], meta: DatasetMeta,
-                  out_dir: Path) -> Path:
+def export_images(
+    ws: Workspace, image_ids: list[int], category_ids: list[int], meta: DatasetMeta, out_dir: Path
+) -> Path:
     """Write ``image_ids`` in the COCO panoptic layout with ``category_ids[i]`` as class i.
 
     Built in a temporary folder and renamed into place, so a half export never exists.
@@ -90,14 +91,15 @@ def base_predictor(path: str, meta: DatasetMeta, device: str) -> Any:
     model = load_model(path, device=device, meta=meta)
     old_k = _base_classes(path)
     if tuple(model.meta.class_names[:old_k]) != tuple(meta.class_names[:old_k]):
-        raise UserError(f"the fine-tune classes do not start with the base model's classes "
-                        f"({path})")
+        raise UserError(
+            f"the fine-tune classes do not start with the base model's classes ({path})"
+        )
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("class_embed.weight"):
-                p[old_k:meta.num_classes].zero_()  # (K_new - K_old, D); row K stays no-object
+                p[old_k : meta.num_classes].zero_()  # (K_new - K_old, D); row K stays no-object
             elif name.endswith("class_embed.bias"):
-                p[old_k:meta.num_classes] = _DISABLED_LOGIT
+                p[old_k : meta.num_classes] = _DISABLED_LOGIT
     return Predictor(model, device=device)
 
 
@@ -126,12 +128,32 @@ def score(predictor: Any, dataset_dir: Path) -> dict[str, Any]:
 
 
 def train_command(spec: FinetuneSpec, train_dir: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "maskformer", "train", "--init", spec.base_checkpoint,
-           "--train", str(train_dir), "--out", str(spec.run_dir), "--resume",
-           "--iters", str(spec.iters), "--batch", str(spec.batch), "--device", spec.device,
-           "--eval-period", "0", "--checkpoint-period", str(spec.checkpoint_period),
-           "--no-progress", f"--solver.log_period={spec.log_period}",
-           f"--solver.warmup_iters={spec.warmup_iters}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "maskformer",
+        "train",
+        "--init",
+        spec.base_checkpoint,
+        "--train",
+        str(train_dir),
+        "--out",
+        str(spec.run_dir),
+        "--resume",
+        "--iters",
+        str(spec.iters),
+        "--batch",
+        str(spec.batch),
+        "--device",
+        spec.device,
+        "--eval-period",
+        "0",
+        "--checkpoint-period",
+        str(spec.checkpoint_period),
+        "--no-progress",
+        f"--solver.log_period={spec.log_period}",
+        f"--solver.warmup_iters={spec.warmup_iters}",
+    ]
     if spec.lr is not None:
         cmd += ["--lr", str(spec.lr)]
     return cmd
@@ -143,8 +165,10 @@ def train(spec: FinetuneSpec, train_dir: Path) -> Path:
     final = spec.run_dir / "model_final.safetensors"
     if code != 0 or not final.is_file():
         status = read_json(spec.run_dir / "status.json") or {}
-        raise UserError(f"training stopped with status {code}"
-                        + (f": {status['message']}" if status.get("message") else ""))
+        raise UserError(
+            f"training stopped with status {code}"
+            + (f": {status['message']}" if status.get("message") else "")
+        )
     return final
 
 
@@ -180,14 +204,21 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
     meta = meta_for([cats[i] for i in spec.category_ids], name=f"finetune {spec.created}")
     train_dir, held_dir = job_dir / "train", job_dir / "heldout"
     if not (train_dir / "panoptic.json").exists() or not (held_dir / "panoptic.json").exists():
-        write_phase(job_dir, "export", f"exporting {len(spec.train_images)} training and "
-                                       f"{len(spec.heldout_images)} held-out images")
+        write_phase(
+            job_dir,
+            "export",
+            f"exporting {len(spec.train_images)} training and "
+            f"{len(spec.heldout_images)} held-out images",
+        )
         export_images(ws, spec.heldout_images, spec.category_ids, meta, held_dir)
         export_images(ws, spec.train_images, spec.category_ids, meta, train_dir)
     before = read_json(job_dir / "before.json")
     if before is None:
-        write_phase(job_dir, "before", f"scoring the current model on "
-                                       f"{len(spec.heldout_images)} held-out images")
+        write_phase(
+            job_dir,
+            "before",
+            f"scoring the current model on {len(spec.heldout_images)} held-out images",
+        )
         before = score(base_predictor(spec.base_checkpoint, meta, spec.device), held_dir)
         write_json(job_dir / "before.json", before)
     write_phase(job_dir, "train", f"training {spec.iters} iterations on {spec.device}")
@@ -197,19 +228,34 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
 
     after = score(Predictor(str(final), device=spec.device), held_dir)
     write_phase(job_dir, "register", "saving the new model version")
-    old = set(meta.class_names[:spec.base_classes])
-    metrics = {"heldout": after, "before": before, "parent": spec.base_version,
-               "job": Path(spec.job_dir).name, "iters": spec.iters, "batch": spec.batch,
-               "train_images": len(spec.train_images),
-               "heldout_images": len(spec.heldout_images), "classes": list(meta.class_names),
-               "new_classes": [c for c in meta.class_names if c not in old]}
+    old = set(meta.class_names[: spec.base_classes])
+    metrics = {
+        "heldout": after,
+        "before": before,
+        "parent": spec.base_version,
+        "job": Path(spec.job_dir).name,
+        "iters": spec.iters,
+        "batch": spec.batch,
+        "train_images": len(spec.train_images),
+        "heldout_images": len(spec.heldout_images),
+        "classes": list(meta.class_names),
+        "new_classes": [c for c in meta.class_names if c not in old],
+    }
     version_id = register(ws, spec, final, metrics)
-    result = {"version_id": version_id, "path": ws.model_version(version_id).path,
-              "before": before, "after": after}
+    result = {
+        "version_id": version_id,
+        "path": ws.model_version(version_id).path,
+        "before": before,
+        "after": after,
+    }
     write_json(job_dir / "result.json", result)
-    write_phase(job_dir, "done", f"saved version v{version_id}: held-out PQ "
-                                 f"{_num(before.get('PQ'))} → {_num(after.get('PQ'))}, mIoU "
-                                 f"{_num(before.get('mIoU'))} → {_num(after.get('mIoU'))}")
+    write_phase(
+        job_dir,
+        "done",
+        f"saved version v{version_id}: held-out PQ "
+        f"{_num(before.get('PQ'))} → {_num(after.get('PQ'))}, mIoU "
+        f"{_num(before.get('mIoU'))} → {_num(after.get('mIoU'))}",
+    )
     return result
 
 

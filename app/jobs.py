@@ -94,7 +94,7 @@ def _proc_stat(pid: int) -> list[str] | None:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return raw[raw.rfind(")") + 2:].split()
+    return raw[raw.rfind(")") + 2 :].split()
 
 
 def start_ticks(pid: int) -> int | None:
@@ -150,8 +150,15 @@ class JobRunner:
 
     # ------------------------------------------------------------------ start
 
-    def start(self, command: Sequence[str], job_dir: str | Path, *, label: str = "",
-              env: Mapping[str, str] | None = None, cwd: str | Path | None = None) -> JobInfo:
+    def start(
+        self,
+        command: Sequence[str],
+        job_dir: str | Path,
+        *,
+        label: str = "",
+        env: Mapping[str, str] | None = None,
+        cwd: str | Path | None = None,
+    ) -> JobInfo:
         """Run ``command`` in its own process group, output to ``<job_dir>/log.txt``.
 
         Raises:
@@ -162,22 +169,35 @@ class JobRunner:
             current = _read_info(self.lock_path)
             if current is not None and self._alive(current):
                 when = time.strftime("%H:%M:%S", time.localtime(current.started))
-                raise JobBusyError(f"a {current.label or self.name} job is already running "
-                                   f"(started {when}, pid {current.pid}); wait for it or "
-                                   "cancel it")
+                raise JobBusyError(
+                    f"a {current.label or self.name} job is already running "
+                    f"(started {when}, pid {current.pid}); wait for it or "
+                    "cancel it"
+                )
             job_dir.mkdir(parents=True, exist_ok=True)
             for stale in ("exit_code", "cancelled"):
                 (job_dir / stale).unlink(missing_ok=True)
             with open(job_dir / "log.txt", "ab") as log:
                 proc = subprocess.Popen(
                     ["/bin/sh", "-c", _WRAPPER, str(job_dir / "exit_code"), *map(str, command)],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True, close_fds=True, cwd=cwd,
-                    env=None if env is None else dict(env))
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    close_fds=True,
+                    cwd=cwd,
+                    env=None if env is None else dict(env),
+                )
             self._procs[proc.pid] = proc
-            info = JobInfo(job_id=job_dir.name, label=label, command=[str(c) for c in command],
-                           job_dir=str(job_dir), pid=proc.pid, start_ticks=start_ticks(proc.pid),
-                           started=time.time())
+            info = JobInfo(
+                job_id=job_dir.name,
+                label=label,
+                command=[str(c) for c in command],
+                job_dir=str(job_dir),
+                pid=proc.pid,
+                start_ticks=start_ticks(proc.pid),
+                started=time.time(),
+            )
             _write_json(job_dir / "job.json", asdict(info))
             _write_json(self.lock_path, asdict(info))
             _write_json(self.last_path, asdict(info))
@@ -226,8 +246,13 @@ class JobRunner:
             return JobState("finished", info, 0, "finished")
         if code is not None:
             return JobState("failed", info, code, f"exited with status {code}")
-        return JobState("dead", info, None, "the job's process disappeared without an exit "
-                                            "status (killed, or the machine restarted)")
+        return JobState(
+            "dead",
+            info,
+            None,
+            "the job's process disappeared without an exit "
+            "status (killed, or the machine restarted)",
+        )
 
     def wait(self, timeout: float | None = None, poll_s: float = 0.5) -> JobState:
         """Block until the current job ends (or ``timeout`` seconds pass); returns its state."""

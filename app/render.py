@@ -11,8 +11,9 @@ RGB = tuple[int, int, int]
 
 # Anchors of a perceptually ordered dark-blue -> yellow colour map (like viridis), 0..1 -> RGB.
 _CMAP_POS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
-_CMAP_RGB = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]],
-                     dtype=np.float32)
+_CMAP_RGB = np.array(
+    [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float32
+)
 
 
 def hex_color(rgb: Sequence[int]) -> str:
@@ -43,8 +44,13 @@ def boundaries(id_map: np.ndarray) -> np.ndarray:
     return edge
 
 
-def overlay(image: np.ndarray, id_map: np.ndarray, colors: dict[int, RGB], alpha: float = 0.5,
-            edges: bool = True) -> np.ndarray:
+def overlay(
+    image: np.ndarray,
+    id_map: np.ndarray,
+    colors: dict[int, RGB],
+    alpha: float = 0.5,
+    edges: bool = True,
+) -> np.ndarray:
     """Blend segment colours over the image; void stays as is; optional white boundaries."""
     colored = colorize(id_map, colors).astype(np.float32)
     out = image.astype(np.float32)
@@ -81,8 +87,13 @@ def thumbnails(image: np.ndarray, small_probs: np.ndarray) -> list[np.ndarray]:
     return [heatmap(small, p) for p in small_probs]
 
 
-def instance_overlay(image: np.ndarray, masks: np.ndarray, captions: list[str],
-                     colors: list[RGB], alpha: float = 0.45) -> np.ndarray:
+def instance_overlay(
+    image: np.ndarray,
+    masks: np.ndarray,
+    captions: list[str],
+    colors: list[RGB],
+    alpha: float = 0.45,
+) -> np.ndarray:
     """Instances drawn largest first: translucent masks, boxes, captions. masks: (N, H, W) bool."""
     out = image.astype(np.float32)
     order = np.argsort([-int(m.sum()) for m in masks]) if len(masks) else []
@@ -102,8 +113,9 @@ def instance_overlay(image: np.ndarray, masks: np.ndarray, captions: list[str],
     return np.asarray(pil)
 
 
-def burn_segment(image: np.ndarray, mask: np.ndarray | None, color: RGB,
-                 others: np.ndarray | None = None) -> np.ndarray:
+def burn_segment(
+    image: np.ndarray, mask: np.ndarray | None, color: RGB, others: np.ndarray | None = None
+) -> np.ndarray:
     """Editor background: RGBA image with the segment at 50 % of its colour and a dim outline of
     the other segments (``others`` = (H, W) ids or None)."""
     out = image.astype(np.float32)

@@ -23,8 +23,14 @@ from maskformer.errors import ImageReadError, UserError
 from maskformer.image_io import load_image
 
 STATUSES = ("unseen", "predicted", "corrected")
-_FORMAT_EXT = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp",
-               "GIF": ".gif"}
+_FORMAT_EXT = {
+    "PNG": ".png",
+    "JPEG": ".jpg",
+    "BMP": ".bmp",
+    "TIFF": ".tif",
+    "WEBP": ".webp",
+    "GIF": ".gif",
+}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -133,8 +139,9 @@ def prepare_image(data: bytes, name: str) -> NewImage:
     if not ext:  # a format we decode but do not keep as is: store a lossless PNG
         data = png_bytes(load_image(bytes(data)))
         ext = ".png"
-    return NewImage(bytes(data), Path(name).name or "image", hashlib.sha256(data).hexdigest(), ext,
-                    h, w)
+    return NewImage(
+        bytes(data), Path(name).name or "image", hashlib.sha256(data).hexdigest(), ext, h, w
+    )
 
 
 def encode_id_map(id_map: np.ndarray) -> bytes:
@@ -167,8 +174,9 @@ class Workspace:
     # ---------------------------------------------------------------- connections
 
     def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.db_path, timeout=30, isolation_level=None,
-                              check_same_thread=False)
+        con = sqlite3.connect(
+            self.db_path, timeout=30, isolation_level=None, check_same_thread=False
+        )
         con.execute("PRAGMA foreign_keys=ON")
         con.row_factory = sqlite3.Row
         return con
@@ -196,9 +204,12 @@ class Workspace:
 
     # ---------------------------------------------------------------- images
 
-    def add_images(self, images: list[NewImage],
-                   annotations: list[NewAnnotation | None] | None = None,
-                   meta: DatasetMeta | None = None) -> list[ImageRecord]:
+    def add_images(
+        self,
+        images: list[NewImage],
+        annotations: list[NewAnnotation | None] | None = None,
+        meta: DatasetMeta | None = None,
+    ) -> list[ImageRecord]:
         """Add images (deduplicated by content) and optional annotations in one transaction.
 
         Args:
@@ -226,8 +237,9 @@ class Workspace:
                     segs = ann.segments
                     if cat_ids is not None:
                         segs = [{**s, "category_id": cat_ids[int(s["category_id"])]} for s in segs]
-                    self._write_annotation(con, image_id, ann.id_map, segs, "corrected",
-                                           "import", None)
+                    self._write_annotation(
+                        con, image_id, ann.id_map, segs, "corrected", "import", None
+                    )
                 ids.append(image_id)
         return [self.image(i) for i in ids]
 
@@ -241,7 +253,8 @@ class Workspace:
             return int(row["id"])
         cur = con.execute(
             "INSERT INTO images (sha256, file, name, width, height, added) VALUES (?,?,?,?,?,?)",
-            (img.sha256, f"images/{img.sha256}{img.ext}", img.name, img.width, img.height, _now()))
+            (img.sha256, f"images/{img.sha256}{img.ext}", img.name, img.width, img.height, _now()),
+        )
         return int(cur.lastrowid)
 
     def image(self, image_id: int) -> ImageRecord:
@@ -253,15 +266,18 @@ class Workspace:
     def list_images(self) -> list[ImageRecord]:
         """All images in insertion order, with status and per-class segment counts."""
         counts = self._counts()
-        return [self._record(r, counts.get(int(r["id"]), {}))
-                for r in self._read("SELECT * FROM images ORDER BY id")]
+        return [
+            self._record(r, counts.get(int(r["id"]), {}))
+            for r in self._read("SELECT * FROM images ORDER BY id")
+        ]
 
     def _counts(self) -> dict[int, dict[str, int]]:
         rows = self._read(
             "SELECT a.image_id AS image_id, c.name AS name, COUNT(*) AS n "
             "FROM annotations a, json_each(a.segments) s "
             "JOIN categories c ON c.id = json_extract(s.value, '$.category_id') "
-            "GROUP BY a.image_id, c.name")
+            "GROUP BY a.image_id, c.name"
+        )
         out: dict[int, dict[str, int]] = {}
         for r in rows:
             out.setdefault(int(r["image_id"]), {})[r["name"]] = int(r["n"])
@@ -269,8 +285,16 @@ class Workspace:
 
     @staticmethod
     def _record(r: sqlite3.Row, counts: dict[str, int]) -> ImageRecord:
-        return ImageRecord(int(r["id"]), r["name"], r["sha256"], r["file"], int(r["width"]),
-                           int(r["height"]), r["status"], counts)
+        return ImageRecord(
+            int(r["id"]),
+            r["name"],
+            r["sha256"],
+            r["file"],
+            int(r["width"]),
+            int(r["height"]),
+            r["status"],
+            counts,
+        )
 
     def image_path(self, image_id: int) -> Path:
         return self.root / self.image(image_id).file
@@ -287,62 +311,93 @@ class Workspace:
 
     # ---------------------------------------------------------------- annotations
 
-    def save_annotation(self, image_id: int, id_map: np.ndarray, segments: list[dict[str, Any]],
-                        *, status: str = "corrected", source: str = "user",
-                        model_version_id: int | None = None) -> bool:
+    def save_annotation(
+        self,
+        image_id: int,
+        id_map: np.ndarray,
+        segments: list[dict[str, Any]],
+        *,
+        status: str = "corrected",
+        source: str = "user",
+        model_version_id: int | None = None,
+    ) -> bool:
         """Store an annotation and the image status together (one transaction).
 
         A model prediction (status "predicted") never replaces a corrected annotation; returns
         whether anything was written.
         """
         if status not in ("predicted", "corrected"):
-            raise WorkspaceError(f"an annotation's status must be predicted or corrected, "
-                                 f"not {status!r}")
+            raise WorkspaceError(
+                f"an annotation's status must be predicted or corrected, not {status!r}"
+            )
         with self._tx() as con:
             row = con.execute("SELECT status FROM images WHERE id = ?", (int(image_id),)).fetchone()
             if row is None:
                 raise WorkspaceError(f"the workspace has no image with id {image_id}")
             if status == "predicted" and row["status"] == "corrected":
                 return False
-            self._write_annotation(con, int(image_id), id_map, segments, status, source,
-                                   model_version_id)
+            self._write_annotation(
+                con, int(image_id), id_map, segments, status, source, model_version_id
+            )
         return True
 
-    def _write_annotation(self, con: sqlite3.Connection, image_id: int, id_map: np.ndarray,
-                          segments: list[dict[str, Any]], status: str, source: str,
-                          model_version_id: int | None) -> None:
+    def _write_annotation(
+        self,
+        con: sqlite3.Connection,
+        image_id: int,
+        id_map: np.ndarray,
+        segments: list[dict[str, Any]],
+        status: str,
+        source: str,
+        model_version_id: int | None,
+    ) -> None:
         self._check_annotation(con, image_id, id_map, segments)
         con.execute(
             "INSERT OR REPLACE INTO annotations (image_id, id_map_png, segments, source, "
             "model_version_id, updated) VALUES (?,?,?,?,?,?)",
-            (image_id, encode_id_map(id_map), json.dumps([_plain(s) for s in segments]), source,
-             model_version_id, _now()))
+            (
+                image_id,
+                encode_id_map(id_map),
+                json.dumps([_plain(s) for s in segments]),
+                source,
+                model_version_id,
+                _now(),
+            ),
+        )
         con.execute("UPDATE images SET status = ? WHERE id = ?", (status, image_id))
 
     @staticmethod
-    def _check_annotation(con: sqlite3.Connection, image_id: int, id_map: np.ndarray,
-                          segments: list[dict[str, Any]]) -> None:
+    def _check_annotation(
+        con: sqlite3.Connection, image_id: int, id_map: np.ndarray, segments: list[dict[str, Any]]
+    ) -> None:
         row = con.execute("SELECT width, height FROM images WHERE id = ?", (image_id,)).fetchone()
         if row is None:
             raise WorkspaceError(f"the workspace has no image with id {image_id}")
         if tuple(id_map.shape) != (row["height"], row["width"]):
-            raise WorkspaceError(f"annotation of image {image_id} is {id_map.shape[1]}x"
-                                 f"{id_map.shape[0]} but the image is "
-                                 f"{row['width']}x{row['height']}")
+            raise WorkspaceError(
+                f"annotation of image {image_id} is {id_map.shape[1]}x"
+                f"{id_map.shape[0]} but the image is "
+                f"{row['width']}x{row['height']}"
+            )
         known = {int(r[0]) for r in con.execute("SELECT id FROM categories")}
         seg_ids = [int(s["id"]) for s in segments]
         if len(set(seg_ids)) != len(seg_ids) or 0 in seg_ids:
-            raise WorkspaceError(f"annotation of image {image_id}: segment ids must be unique "
-                                 "and > 0")
+            raise WorkspaceError(
+                f"annotation of image {image_id}: segment ids must be unique and > 0"
+            )
         for s in segments:
             if int(s["category_id"]) not in known:
-                raise WorkspaceError(f"annotation of image {image_id}: segment {s['id']} has "
-                                     f"unknown category id {s['category_id']}")
+                raise WorkspaceError(
+                    f"annotation of image {image_id}: segment {s['id']} has "
+                    f"unknown category id {s['category_id']}"
+                )
         present = set(np.unique(id_map).tolist()) - {0}
         if not present <= set(seg_ids):
             missing = sorted(present - set(seg_ids))[:5]
-            raise WorkspaceError(f"annotation of image {image_id}: id map has pixels of segment(s) "
-                                 f"{missing} without a segment entry")
+            raise WorkspaceError(
+                f"annotation of image {image_id}: id map has pixels of segment(s) "
+                f"{missing} without a segment entry"
+            )
 
     def load_annotation(self, image_id: int) -> tuple[np.ndarray, list[dict[str, Any]], str] | None:
         """(id_map (H, W) int32, segments, source) or None when the image has no annotation."""
@@ -370,17 +425,27 @@ class Workspace:
     @staticmethod
     def _category(r: sqlite3.Row) -> Category:
         color = tuple(int(v) for v in json.loads(r["color"]))
-        return Category(int(r["id"]), r["name"], bool(r["isthing"]), color,  # type: ignore[arg-type]
-                        int(r["dataset_id"]))
+        return Category(
+            int(r["id"]),
+            r["name"],
+            bool(r["isthing"]),
+            color,  # type: ignore[arg-type]
+            int(r["dataset_id"]),
+        )
 
-    def add_category(self, name: str, isthing: bool = True,
-                     color: tuple[int, int, int] | None = None,
-                     dataset_id: int | None = None) -> Category:
+    def add_category(
+        self,
+        name: str,
+        isthing: bool = True,
+        color: tuple[int, int, int] | None = None,
+        dataset_id: int | None = None,
+    ) -> Category:
         """Create a category (or return the one with this name). A taken dataset id is replaced."""
         return self.ensure_categories([(name, isthing, color, dataset_id)])[0]
 
-    def ensure_categories(self, specs: list[tuple[str, bool, tuple[int, int, int] | None,
-                                                  int | None]]) -> list[Category]:
+    def ensure_categories(
+        self, specs: list[tuple[str, bool, tuple[int, int, int] | None, int | None]]
+    ) -> list[Category]:
         """Categories by name (name, isthing, colour, dataset id), creating the missing ones."""
         with self._tx() as con:
             ids = [self._ensure_category(con, *spec) for spec in specs]
@@ -391,8 +456,13 @@ class Workspace:
         return [c.id for c in self.ensure_categories(_meta_specs(meta))]
 
     @staticmethod
-    def _ensure_category(con: sqlite3.Connection, name: str, isthing: bool,
-                         color: tuple[int, int, int] | None, dataset_id: int | None) -> int:
+    def _ensure_category(
+        con: sqlite3.Connection,
+        name: str,
+        isthing: bool,
+        color: tuple[int, int, int] | None,
+        dataset_id: int | None,
+    ) -> int:
         name = str(name).strip()
         if not name:
             raise WorkspaceError("a category name may not be empty")
@@ -406,31 +476,40 @@ class Workspace:
         color = color or default_colors(n + 1)[-1]
         cur = con.execute(
             "INSERT INTO categories (name, isthing, color, dataset_id) VALUES (?,?,?,?)",
-            (name, int(bool(isthing)), json.dumps([int(v) for v in color]), int(dataset_id)))
+            (name, int(bool(isthing)), json.dumps([int(v) for v in color]), int(dataset_id)),
+        )
         return int(cur.lastrowid)
 
     def meta(self) -> tuple[DatasetMeta, list[int]]:
         """All categories as a DatasetMeta (contiguous order = category id order) and their ids."""
         cats = self.categories()
-        meta = DatasetMeta(class_names=tuple(c.name for c in cats),
-                           isthing=tuple(c.isthing for c in cats),
-                           colors=tuple(c.color for c in cats),
-                           dataset_ids=tuple(c.dataset_id for c in cats), name="workspace")
+        meta = DatasetMeta(
+            class_names=tuple(c.name for c in cats),
+            isthing=tuple(c.isthing for c in cats),
+            colors=tuple(c.color for c in cats),
+            dataset_ids=tuple(c.dataset_id for c in cats),
+            name="workspace",
+        )
         return meta, [c.id for c in cats]
 
     # ---------------------------------------------------------------- model versions
 
-    def add_model_version(self, path: str | Path, parent: int | None = None,
-                          metrics: dict[str, Any] | None = None,
-                          active: bool = False) -> ModelVersion:
+    def add_model_version(
+        self,
+        path: str | Path,
+        parent: int | None = None,
+        metrics: dict[str, Any] | None = None,
+        active: bool = False,
+    ) -> ModelVersion:
         """Register a checkpoint (e.g. a fine-tune result); ``active`` makes it the active one."""
         with self._tx() as con:
             if active:
                 con.execute("UPDATE model_versions SET active = 0")
             cur = con.execute(
                 "INSERT INTO model_versions (path, parent, created, metrics, active) "
-                "VALUES (?,?,?,?,?)", (str(path), parent, _now(), json.dumps(metrics or {}),
-                                       int(active)))
+                "VALUES (?,?,?,?,?)",
+                (str(path), parent, _now(), json.dumps(metrics or {}), int(active)),
+            )
             vid = int(cur.lastrowid)
         return self.model_version(vid)
 
@@ -454,14 +533,22 @@ class Workspace:
 
     def set_model_metrics(self, version_id: int, metrics: dict[str, Any]) -> None:
         with self._tx() as con:
-            con.execute("UPDATE model_versions SET metrics = ? WHERE id = ?",
-                        (json.dumps(metrics), int(version_id)))
+            con.execute(
+                "UPDATE model_versions SET metrics = ? WHERE id = ?",
+                (json.dumps(metrics), int(version_id)),
+            )
 
     @staticmethod
     def _version(r: sqlite3.Row) -> ModelVersion:
         parent = None if r["parent"] is None else int(r["parent"])
-        return ModelVersion(int(r["id"]), r["path"], parent, r["created"], json.loads(r["metrics"]),
-                            bool(r["active"]))
+        return ModelVersion(
+            int(r["id"]),
+            r["path"],
+            parent,
+            r["created"],
+            json.loads(r["metrics"]),
+            bool(r["active"]),
+        )
 
 
 def _meta_specs(meta: DatasetMeta) -> list[tuple[str, bool, tuple[int, int, int], int]]:

@@ -25,8 +25,6 @@ runs in its own process: the app stays usable, and a crash there cannot stop it.
 new **model version**; switch to it (or back) below without restarting."""
 
 
-
-
 def _duration(s: float | None) -> str:
     if s is None:
         return "estimating…"
@@ -37,18 +35,19 @@ def _duration(s: float | None) -> str:
 def progress_html(p: Progress) -> str:
     """A bar with the percentage, the iteration and the time left."""
     pct = round(100 * p.fraction)
-    color = {"failed": "#c0392b", "dead": "#c0392b", "cancelled": "#7f8c8d"}.get(p.state,
-                                                                                 "#2e86de")
+    color = {"failed": "#c0392b", "dead": "#c0392b", "cancelled": "#7f8c8d"}.get(p.state, "#2e86de")
     text = f"{pct}%"
     if p.total and (p.iteration or p.phase == "train"):
         text += f" · iteration {p.iteration}/{p.total}"
     if p.phase == "train" and p.state == "running":
         text += f" · about {_duration(p.eta_s)} left"
-    return (f'<div id="train-progress-bar" data-state="{p.state}" data-fraction="{p.fraction:.3f}" '
-            'style="border:1px solid #ccc;border-radius:4px;height:18px;width:100%;'
-            'background:#f4f4f4;overflow:hidden">'
-            f'<div style="height:100%;width:{pct}%;background:{color}"></div></div>'
-            f'<div style="font-size:13px;margin-top:2px">{text}</div>')
+    return (
+        f'<div id="train-progress-bar" data-state="{p.state}" data-fraction="{p.fraction:.3f}" '
+        'style="border:1px solid #ccc;border-radius:4px;height:18px;width:100%;'
+        'background:#f4f4f4;overflow:hidden">'
+        f'<div style="height:100%;width:{pct}%;background:{color}"></div></div>'
+        f'<div style="font-size:13px;margin-top:2px">{text}</div>'
+    )
 
 
 def loss_frame(p: Progress) -> pd.DataFrame:
@@ -65,15 +64,26 @@ def compare_frame(result: dict[str, Any] | None, new_classes: list[str]) -> dict
         pb, pa = b.get("per_class", {}), a.get("per_class", {})
         for name in dict.fromkeys([*pb, *pa]):
             label = f"PQ {name}" + (" (new class)" if name in new_classes else "")
-            rows.append([label, mv.fmt_metric(pb.get(name, {}).get("PQ")),
-                         mv.fmt_metric(pa.get(name, {}).get("PQ"))])
+            rows.append(
+                [
+                    label,
+                    mv.fmt_metric(pb.get(name, {}).get("PQ")),
+                    mv.fmt_metric(pa.get(name, {}).get("PQ")),
+                ]
+            )
     return {"data": rows, "headers": COMPARE_HEADERS}
 
 
 def _status_text(p: Progress) -> str:
-    phase = {"export": "Exporting", "before": "Scoring the current model",
-             "train": "Training", "after": "Scoring the new model", "register": "Saving",
-             "done": "Done", "failed": "Failed"}.get(p.phase, p.phase.capitalize())
+    phase = {
+        "export": "Exporting",
+        "before": "Scoring the current model",
+        "train": "Training",
+        "after": "Scoring the new model",
+        "register": "Saving",
+        "done": "Done",
+        "failed": "Failed",
+    }.get(p.phase, p.phase.capitalize())
     if p.state == "idle":
         return p.message
     if p.state == "running":
@@ -97,29 +107,47 @@ def build_train_tab(ctx: Any, device: str | None = None) -> None:
         gr.Markdown(INTRO)
         ready_md = gr.Markdown(elem_id="train-ready")
         with gr.Row():
-            iters = gr.Number(ft.DEFAULT_ITERS, label="Iterations", precision=0, minimum=1,
-                              elem_id="train-iters")
-            batch = gr.Number(ft.DEFAULT_BATCH, label="Batch size", precision=0, minimum=1,
-                              elem_id="train-batch")
-            gr.Textbox(default_device, label="Device", interactive=False,
-                       elem_id="train-device")
+            iters = gr.Number(
+                ft.DEFAULT_ITERS, label="Iterations", precision=0, minimum=1, elem_id="train-iters"
+            )
+            batch = gr.Number(
+                ft.DEFAULT_BATCH, label="Batch size", precision=0, minimum=1, elem_id="train-batch"
+            )
+            gr.Textbox(default_device, label="Device", interactive=False, elem_id="train-device")
         with gr.Row():
-            start_btn = gr.Button("Fine-tune on corrected images", variant="primary",
-                                  interactive=False, elem_id="train-start")
-            cancel_btn = gr.Button("Cancel", variant="stop", interactive=False,
-                                   elem_id="train-cancel")
+            start_btn = gr.Button(
+                "Fine-tune on corrected images",
+                variant="primary",
+                interactive=False,
+                elem_id="train-start",
+            )
+            cancel_btn = gr.Button(
+                "Cancel", variant="stop", interactive=False, elem_id="train-cancel"
+            )
             resume_btn = gr.Button("Resume", interactive=False, elem_id="train-resume")
         bar = gr.HTML(elem_id="train-progress")
         status = gr.Markdown(elem_id="train-status")
-        curve = gr.LinePlot(pd.DataFrame({"iter": [], "loss": []}), x="iter", y="loss",
-                            title="Training loss", height=260, elem_id="train-loss")
-        result_df = gr.Dataframe(headers=COMPARE_HEADERS, interactive=False,
-                                 label="Held-out images: before / after", elem_id="train-compare")
-        log_box = gr.Textbox(label="End of the job's log", lines=8, visible=False,
-                             elem_id="train-log")
+        curve = gr.LinePlot(
+            pd.DataFrame({"iter": [], "loss": []}),
+            x="iter",
+            y="loss",
+            title="Training loss",
+            height=260,
+            elem_id="train-loss",
+        )
+        result_df = gr.Dataframe(
+            headers=COMPARE_HEADERS,
+            interactive=False,
+            label="Held-out images: before / after",
+            elem_id="train-compare",
+        )
+        log_box = gr.Textbox(
+            label="End of the job's log", lines=8, visible=False, elem_id="train-log"
+        )
         gr.Markdown("### Model versions")
-        versions = gr.Dataframe(headers=mv.VERSION_HEADERS, interactive=False,
-                                elem_id="versions-table")
+        versions = gr.Dataframe(
+            headers=mv.VERSION_HEADERS, interactive=False, elem_id="versions-table"
+        )
         with gr.Row():
             version_dd = gr.Dropdown([], label="Version", elem_id="version-select")
             switch_btn = gr.Button("Switch the app to this version", elem_id="version-switch")
@@ -129,8 +157,9 @@ def build_train_tab(ctx: Any, device: str | None = None) -> None:
             cmp_a = gr.Dropdown([], label="Compare version", elem_id="compare-a")
             cmp_b = gr.Dropdown([], label="with version", elem_id="compare-b")
             cmp_btn = gr.Button("Compare", elem_id="compare-btn")
-        cmp_df = gr.Dataframe(headers=["metric", "A", "B"], interactive=False,
-                              elem_id="compare-table")
+        cmp_df = gr.Dataframe(
+            headers=["metric", "A", "B"], interactive=False, elem_id="compare-table"
+        )
         seen = gr.State(None)  # what this browser tab shows already: skip unchanged updates
         timer = gr.Timer(POLL_S)
 
@@ -142,35 +171,65 @@ def build_train_tab(ctx: Any, device: str | None = None) -> None:
         current = ctx.model_version_id
         pick = selected if selected is not None else current
         older = next((v.parent for v in vs if v.id == pick), None)  # compare with its parent
-        return [{"data": mv.version_rows(ws), "headers": mv.VERSION_HEADERS},
-                gr.Dropdown(choices=choices, value=pick),
-                gr.Dropdown(choices=choices, value=older if older is not None else pick),
-                gr.Dropdown(choices=choices, value=pick)]
+        return [
+            {"data": mv.version_rows(ws), "headers": mv.VERSION_HEADERS},
+            gr.Dropdown(choices=choices, value=pick),
+            gr.Dropdown(choices=choices, value=older if older is not None else pick),
+            gr.Dropdown(choices=choices, value=pick),
+        ]
 
-    poll_out = [seen, ready_md, start_btn, cancel_btn, resume_btn, bar, status, curve, result_df,
-                log_box, versions, version_dd, cmp_a, cmp_b]
+    poll_out = [
+        seen,
+        ready_md,
+        start_btn,
+        cancel_btn,
+        resume_btn,
+        bar,
+        status,
+        curve,
+        result_df,
+        log_box,
+        versions,
+        version_dd,
+        cmp_a,
+        cmp_b,
+    ]
 
     def poll(last: dict | None):
         p = tuner.progress()
         ready = tuner.readiness() if p.state != "running" else None
-        sig = {"state": p.state, "phase": p.phase, "iter": p.iteration, "n": len(p.losses),
-               "job": p.job_id, "ready": ready.reason if ready else "", "msg": p.message,
-               "versions": len(ws.model_versions()), "active": ctx.model_version_id,
-               "eta": None if p.eta_s is None else int(p.eta_s) // 5}
+        sig = {
+            "state": p.state,
+            "phase": p.phase,
+            "iter": p.iteration,
+            "n": len(p.losses),
+            "job": p.job_id,
+            "ready": ready.reason if ready else "",
+            "msg": p.message,
+            "versions": len(ws.model_versions()),
+            "active": ctx.model_version_id,
+            "eta": None if p.eta_s is None else int(p.eta_s) // 5,
+        }
         if sig == last:
             return tuple(gr.skip() for _ in poll_out)
         running = p.state == "running"
         new_classes = _new_classes(ws, p.result) if p.result else []
-        out = [sig,
-               ready.reason if ready else "A fine-tune is running.",
-               gr.Button(interactive=bool(ready and ready.ok)),
-               gr.Button(interactive=running),
-               gr.Button(interactive=tuner.can_resume()),
-               progress_html(p), _status_text(p), loss_frame(p),
-               compare_frame(p.result, new_classes),
-               gr.Textbox(value=p.log_tail, visible=bool(p.log_tail))]
+        out = [
+            sig,
+            ready.reason if ready else "A fine-tune is running.",
+            gr.Button(interactive=bool(ready and ready.ok)),
+            gr.Button(interactive=running),
+            gr.Button(interactive=tuner.can_resume()),
+            progress_html(p),
+            _status_text(p),
+            loss_frame(p),
+            compare_frame(p.result, new_classes),
+            gr.Textbox(value=p.log_tail, visible=bool(p.log_tail)),
+        ]
         changed_versions = last is None or (last.get("versions"), last.get("active")) != (
-            sig["versions"], sig["active"])
+            sig["versions"],
+            sig["active"],
+        )
         if changed_versions:
             pick = (p.result or {}).get("version_id")
             out += version_updates(pick)
@@ -178,17 +237,30 @@ def build_train_tab(ctx: Any, device: str | None = None) -> None:
             out += [gr.skip()] * 4
         return tuple(out)
 
-    timer.tick(poll, [seen], poll_out, api_name="finetune_poll", show_progress="hidden",
-               concurrency_limit=None)
+    timer.tick(
+        poll,
+        [seen],
+        poll_out,
+        api_name="finetune_poll",
+        show_progress="hidden",
+        concurrency_limit=None,
+    )
 
     # ------------------------------------------------------------------ actions
 
     @guard(2)
     def start(n_iters, n_batch):
         base_path, base_version = switcher.base_checkpoint()
-        info = tuner.start(base_path, base_version, ctx.meta,
-                           Settings(iters=int(n_iters or ft.DEFAULT_ITERS),
-                                    batch=int(n_batch or ft.DEFAULT_BATCH), device=device))
+        info = tuner.start(
+            base_path,
+            base_version,
+            ctx.meta,
+            Settings(
+                iters=int(n_iters or ft.DEFAULT_ITERS),
+                batch=int(n_batch or ft.DEFAULT_BATCH),
+                device=device,
+            ),
+        )
         gr.Info(f"Fine-tune started (job {info.job_id}).")
         return None, f"**Starting** — job {info.job_id}"
 
@@ -203,12 +275,30 @@ def build_train_tab(ctx: Any, device: str | None = None) -> None:
         gr.Info(f"Resuming job {info.job_id}.")
         return None, f"**Resuming** — job {info.job_id}"
 
-    start_btn.click(start, [iters, batch], [seen, status], api_name="finetune_start",
-                    concurrency_id="finetune", concurrency_limit=1)
-    cancel_btn.click(cancel, None, [seen, status], api_name="finetune_cancel",
-                     concurrency_id="finetune", concurrency_limit=1)
-    resume_btn.click(resume, None, [seen, status], api_name="finetune_resume",
-                     concurrency_id="finetune", concurrency_limit=1)
+    start_btn.click(
+        start,
+        [iters, batch],
+        [seen, status],
+        api_name="finetune_start",
+        concurrency_id="finetune",
+        concurrency_limit=1,
+    )
+    cancel_btn.click(
+        cancel,
+        None,
+        [seen, status],
+        api_name="finetune_cancel",
+        concurrency_id="finetune",
+        concurrency_limit=1,
+    )
+    resume_btn.click(
+        resume,
+        None,
+        [seen, status],
+        api_name="finetune_resume",
+        concurrency_id="finetune",
+        concurrency_limit=1,
+    )
 
     version_out = [version_md, versions, version_dd, cmp_a, cmp_b]
 
@@ -217,27 +307,45 @@ def build_train_tab(ctx: Any, device: str | None = None) -> None:
         if version_id is None:
             raise UserError("choose a version first")
         v = switcher.switch(int(version_id))
-        return ((f"The app now uses **v{v.id}** ({v.path}). Open an image again to see its "
-                "predictions."), *version_updates(v.id))
+        return (
+            (
+                f"The app now uses **v{v.id}** ({v.path}). Open an image again to see its "
+                "predictions."
+            ),
+            *version_updates(v.id),
+        )
 
     @guard(len(version_out))
     def rollback():
         v = switcher.rollback()
-        return (f"Rolled back: the app now uses **v{v.id}** ({v.path}).",
-                *version_updates(v.id))
+        return (f"Rolled back: the app now uses **v{v.id}** ({v.path}).", *version_updates(v.id))
 
     @guard(1)
     def compare(a, b):
         if a is None or b is None:
             raise UserError("choose two versions to compare")
         va, vb = ws.model_version(int(a)), ws.model_version(int(b))
-        return {"data": mv.compare_rows(ws, va.id, vb.id),
-                "headers": ["metric", f"v{va.id}", f"v{vb.id}"]}
+        return {
+            "data": mv.compare_rows(ws, va.id, vb.id),
+            "headers": ["metric", f"v{va.id}", f"v{vb.id}"],
+        }
 
-    switch_btn.click(switch, [version_dd], version_out, api_name="switch_version",
-                     concurrency_id="model", concurrency_limit=1)
-    rollback_btn.click(rollback, None, version_out, api_name="rollback_version",
-                       concurrency_id="model", concurrency_limit=1)
+    switch_btn.click(
+        switch,
+        [version_dd],
+        version_out,
+        api_name="switch_version",
+        concurrency_id="model",
+        concurrency_limit=1,
+    )
+    rollback_btn.click(
+        rollback,
+        None,
+        version_out,
+        api_name="rollback_version",
+        concurrency_id="model",
+        concurrency_limit=1,
+    )
     cmp_btn.click(compare, [cmp_a, cmp_b], cmp_df, api_name="compare_versions")
 
 

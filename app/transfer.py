@@ -65,8 +65,9 @@ def import_source(ws: Workspace, src: str | Path | list[str | Path]) -> ImportRe
     if p.is_file() and p.suffix.lower() == ".json" or (p.is_dir() and _is_dataset(p)):
         return import_dataset(ws, p)
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file()
-                       and f.suffix.lower() in IMAGE_EXTENSIONS)
+        files = sorted(
+            f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+        )
         if not files:
             raise UserError(f"{p}: the folder has no image files ({', '.join(IMAGE_EXTENSIONS)})")
         return import_images(ws, files)
@@ -110,9 +111,17 @@ def import_dataset(ws: Workspace, path: Path) -> ImportReport:
         except ImageReadError as e:
             raise DatasetError(f"{ds.rel(ds.image_path(i))}: {e}") from None
         images.append(img)
-        segs = [{"id": int(s["id"]), "category_id": int(s["category_id"]),
-                 "isthing": bool(s["isthing"]), "iscrowd": int(s.get("iscrowd", 0)),
-                 "query": None, "score": None} for s in sample.segments]
+        segs = [
+            {
+                "id": int(s["id"]),
+                "category_id": int(s["category_id"]),
+                "isthing": bool(s["isthing"]),
+                "iscrowd": int(s.get("iscrowd", 0)),
+                "query": None,
+                "score": None,
+            }
+            for s in sample.segments
+        ]
         anns.append(NewAnnotation(sample.id_map.astype("int32"), segs))
     if not images:
         raise DatasetError(f"{path}: the dataset has no images")
@@ -121,8 +130,13 @@ def import_dataset(ws: Workspace, path: Path) -> ImportReport:
     return report
 
 
-def _add(ws: Workspace, images: list[NewImage], anns: list | None, meta: DatasetMeta | None,
-         report: ImportReport) -> None:
+def _add(
+    ws: Workspace,
+    images: list[NewImage],
+    anns: list | None,
+    meta: DatasetMeta | None,
+    report: ImportReport,
+) -> None:
     known = {r.sha256 for r in ws.list_images()}
     ws.add_images(images, anns, meta)
     new = {img.sha256 for img in images} - known
@@ -187,9 +201,15 @@ def _write_images(ws: Workspace, image_dir: Path, include_predicted: bool) -> li
         name = f"{rec.id:06d}_{_safe_stem(rec.name)}{Path(rec.file).suffix}"
         shutil.copyfile(ws.root / rec.file, image_dir / name)
         # Ground truth only: the model's query/score stay in the workspace.
-        segs = [{"id": int(s["id"]), "category_id": contiguous[int(s["category_id"])],
-                 "iscrowd": int(s.get("iscrowd") or 0), "isthing": bool(s.get("isthing"))}
-                for s in segments]
+        segs = [
+            {
+                "id": int(s["id"]),
+                "category_id": contiguous[int(s["category_id"])],
+                "iscrowd": int(s.get("iscrowd") or 0),
+                "isthing": bool(s.get("isthing")),
+            }
+            for s in segments
+        ]
         records.append(Record(id_map, segs, rec.id, name))
     return records
 

@@ -36,8 +36,6 @@ green paints a new segment of the chosen class); then press *Apply brush*. Save 
 correction in the workspace."""
 
 
-
-
 def build_ui(ctx: AppContext) -> gr.Blocks:
     """All components and events. Every event has an ``api_name`` for gradio_client."""
     ws = ctx.workspace
@@ -48,42 +46,69 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         return s.prediction.meta if s.prediction is not None else ctx.meta
 
     with gr.Blocks(title="MaskFormer Studio") as demo:
-        state = gr.State(Session(score_threshold=ctx.default_score,
-                                 overlap_threshold=ctx.default_overlap))
+        state = gr.State(
+            Session(score_threshold=ctx.default_score, overlap_threshold=ctx.default_overlap)
+        )
         gr.Markdown(HELP)
         with gr.Tabs() as tabs:
             with gr.Tab("Annotate", id="annotate"):
                 with gr.Row():
                     with gr.Column(scale=1, min_width=260):
-                        upload = gr.File(label="Upload an image", file_types=["image"],
-                                         elem_id="upload")
-                        example = gr.Dropdown([p.name for p in ctx.examples], label="Example",
-                                              value=ctx.examples[0].name if ctx.examples else None,
-                                              elem_id="example-select")
+                        upload = gr.File(
+                            label="Upload an image", file_types=["image"], elem_id="upload"
+                        )
+                        example = gr.Dropdown(
+                            [p.name for p in ctx.examples],
+                            label="Example",
+                            value=ctx.examples[0].name if ctx.examples else None,
+                            elem_id="example-select",
+                        )
                         example_btn = gr.Button("Open example", elem_id="open-example")
-                        score = gr.Slider(0, 1, ctx.default_score, step=0.01,
-                                          label="Score threshold (object_mask_threshold)",
-                                          info="keep queries whose class probability is above",
-                                          elem_id="score-threshold")
-                        overlap = gr.Slider(0, 1, ctx.default_overlap, step=0.01,
-                                            label="Overlap threshold",
-                                            info="drop a query keeping less of its own mask",
-                                            elem_id="overlap-threshold")
+                        score = gr.Slider(
+                            0,
+                            1,
+                            ctx.default_score,
+                            step=0.01,
+                            label="Score threshold (object_mask_threshold)",
+                            info="keep queries whose class probability is above",
+                            elem_id="score-threshold",
+                        )
+                        overlap = gr.Slider(
+                            0,
+                            1,
+                            ctx.default_overlap,
+                            step=0.01,
+                            label="Overlap threshold",
+                            info="drop a query keeping less of its own mask",
+                            elem_id="overlap-threshold",
+                        )
                         status = gr.Markdown("No image open.", elem_id="status")
                     with gr.Column(scale=3):
                         with gr.Row():
-                            original = gr.Image(label="Original (click to probe a pixel)",
-                                                interactive=False, format="png", height=VIEW_H,
-                                                elem_id="original")
-                            panoptic = gr.AnnotatedImage(label="Panoptic (your segments)",
-                                                         format="png", height=VIEW_H,
-                                                         elem_id="panoptic")
+                            original = gr.Image(
+                                label="Original (click to probe a pixel)",
+                                interactive=False,
+                                format="png",
+                                height=VIEW_H,
+                                elem_id="original",
+                            )
+                            panoptic = gr.AnnotatedImage(
+                                label="Panoptic (your segments)",
+                                format="png",
+                                height=VIEW_H,
+                                elem_id="panoptic",
+                            )
                         with gr.Row():
-                            semantic = gr.AnnotatedImage(label="Semantic", format="png",
-                                                         height=VIEW_H, elem_id="semantic")
-                            instances = gr.Image(label="Instances", interactive=False,
-                                                 format="png", height=VIEW_H,
-                                                 elem_id="instances")
+                            semantic = gr.AnnotatedImage(
+                                label="Semantic", format="png", height=VIEW_H, elem_id="semantic"
+                            )
+                            instances = gr.Image(
+                                label="Instances",
+                                interactive=False,
+                                format="png",
+                                height=VIEW_H,
+                                elem_id="instances",
+                            )
                 with gr.Accordion("Pixel probe", open=True):
                     with gr.Row():
                         probe_x = gr.Number(label="x", precision=0, elem_id="probe-x")
@@ -92,84 +117,129 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                     probe_info = gr.Markdown(elem_id="probe-info")
                     probe_table = gr.Dataframe(
                         headers=["query", "mask prob", "class", "class score", "prob x score"],
-                        interactive=False, elem_id="probe-table")
+                        interactive=False,
+                        elem_id="probe-table",
+                    )
                 with gr.Accordion("Queries", open=True):
-                    dropped_only = gr.Checkbox(label="Show only the queries the merge dropped "
-                                               "(and why)", elem_id="show-dropped")
-                    gallery = gr.Gallery(label="Queries by score", columns=10, height=300,
-                                         allow_preview=False, format="png",
-                                         elem_id="query-gallery")
+                    dropped_only = gr.Checkbox(
+                        label="Show only the queries the merge dropped (and why)",
+                        elem_id="show-dropped",
+                    )
+                    gallery = gr.Gallery(
+                        label="Queries by score",
+                        columns=10,
+                        height=300,
+                        allow_preview=False,
+                        format="png",
+                        elem_id="query-gallery",
+                    )
                     with gr.Row():
                         query_num = gr.Number(label="Query", precision=0, elem_id="query-num")
                         query_btn = gr.Button("Show query", elem_id="query-btn")
                     with gr.Row():
-                        query_heat = gr.Image(label="Mask probability", interactive=False,
-                                              format="png", elem_id="query-heatmap")
+                        query_heat = gr.Image(
+                            label="Mask probability",
+                            interactive=False,
+                            format="png",
+                            elem_id="query-heatmap",
+                        )
                         with gr.Column():
                             query_top5 = gr.Label(label="Top-5 classes", elem_id="query-top5")
                             query_info = gr.Markdown(elem_id="query-info")
                 with gr.Accordion("Correct", open=True):
-                    segments_table = gr.Dataframe(headers=views.SEGMENT_HEADERS,
-                                                  interactive=False, elem_id="segments-table")
+                    segments_table = gr.Dataframe(
+                        headers=views.SEGMENT_HEADERS, interactive=False, elem_id="segments-table"
+                    )
                     with gr.Row():
-                        segment_dd = gr.Dropdown([NEW_SEGMENT], value=0, label="Segment",
-                                                 elem_id="segment-select")
-                        class_dd = gr.Dropdown([c.name for c in ws.categories()], label="Class",
-                                               allow_custom_value=True, elem_id="class-select",
-                                               info="pick one, or type a new class name")
-                        new_thing = gr.Checkbox(True, label="a new class is a thing",
-                                                elem_id="new-thing")
+                        segment_dd = gr.Dropdown(
+                            [NEW_SEGMENT], value=0, label="Segment", elem_id="segment-select"
+                        )
+                        class_dd = gr.Dropdown(
+                            [c.name for c in ws.categories()],
+                            label="Class",
+                            allow_custom_value=True,
+                            elem_id="class-select",
+                            info="pick one, or type a new class name",
+                        )
+                        new_thing = gr.Checkbox(
+                            True, label="a new class is a thing", elem_id="new-thing"
+                        )
                     with gr.Row():
                         relabel_btn = gr.Button("Relabel", elem_id="relabel-btn")
                         swap_btn = gr.Button("Use 2nd class", elem_id="swap-btn")
                         delete_btn = gr.Button("Delete", elem_id="delete-btn", variant="stop")
                         split_btn = gr.Button("Split parts", elem_id="split-btn")
                     with gr.Row():
-                        merge_dd = gr.Dropdown([], label="Merge into the segment above",
-                                               elem_id="merge-select")
+                        merge_dd = gr.Dropdown(
+                            [], label="Merge into the segment above", elem_id="merge-select"
+                        )
                         merge_btn = gr.Button("Merge", elem_id="merge-btn")
-                        dropped_dd = gr.Dropdown([], label="Dropped query",
-                                                 elem_id="dropped-select")
+                        dropped_dd = gr.Dropdown(
+                            [], label="Dropped query", elem_id="dropped-select"
+                        )
                         accept_btn = gr.Button("Accept as segment", elem_id="accept-btn")
                     editor = gr.ImageEditor(
                         label="Brush: green adds to the segment, red removes (eraser undoes)",
-                        type="numpy", image_mode="RGBA", format="png", layers=False,
-                        transforms=(), sources=(), elem_id="brush-editor",
-                        brush=gr.Brush(colors=[hex_color(cb.ADD_COLOR), hex_color(cb.REMOVE_COLOR)],
-                                       default_color=hex_color(cb.ADD_COLOR), color_mode="fixed",
-                                       default_size=8),
-                        eraser=gr.Eraser(default_size=8))
+                        type="numpy",
+                        image_mode="RGBA",
+                        format="png",
+                        layers=False,
+                        transforms=(),
+                        sources=(),
+                        elem_id="brush-editor",
+                        brush=gr.Brush(
+                            colors=[hex_color(cb.ADD_COLOR), hex_color(cb.REMOVE_COLOR)],
+                            default_color=hex_color(cb.ADD_COLOR),
+                            color_mode="fixed",
+                            default_size=8,
+                        ),
+                        eraser=gr.Eraser(default_size=8),
+                    )
                     with gr.Row():
-                        brush_btn = gr.Button("Apply brush", elem_id="apply-brush",
-                                              variant="primary")
+                        brush_btn = gr.Button(
+                            "Apply brush", elem_id="apply-brush", variant="primary"
+                        )
                         undo_btn = gr.Button("Undo", elem_id="undo-btn")
                         redo_btn = gr.Button("Redo", elem_id="redo-btn")
                         reset_btn = gr.Button("Reset to model", elem_id="reset-btn")
                         save_btn = gr.Button("Save", elem_id="save-btn", variant="primary")
             with gr.Tab("Workspace", id="workspace"):
-                ws_table = gr.Dataframe(headers=views.WORKSPACE_HEADERS, interactive=False,
-                                        elem_id="workspace-table")
+                ws_table = gr.Dataframe(
+                    headers=views.WORKSPACE_HEADERS, interactive=False, elem_id="workspace-table"
+                )
                 with gr.Row():
                     refresh_btn = gr.Button("Refresh", elem_id="refresh-btn")
                     image_num = gr.Number(label="Image id", precision=0, elem_id="image-num")
                     open_btn = gr.Button("Open image", elem_id="open-image")
                 with gr.Row():
-                    import_path = gr.Textbox(label="Import from a server path",
-                                             placeholder="folder of images, COCO panoptic folder "
-                                                         "or JSON, COCO instances JSON",
-                                             elem_id="import-path")
-                    import_files = gr.File(label="…or upload images", file_count="multiple",
-                                           file_types=["image"], elem_id="import-files")
+                    import_path = gr.Textbox(
+                        label="Import from a server path",
+                        placeholder="folder of images, COCO panoptic folder "
+                        "or JSON, COCO instances JSON",
+                        elem_id="import-path",
+                    )
+                    import_files = gr.File(
+                        label="…or upload images",
+                        file_count="multiple",
+                        file_types=["image"],
+                        elem_id="import-files",
+                    )
                     import_btn = gr.Button("Import", elem_id="import-btn")
                 import_info = gr.Markdown(elem_id="import-info")
                 with gr.Row():
-                    fmt = gr.Radio(list(cb.transfer.FORMATS), value="coco-panoptic",
-                                   label="Export format", elem_id="export-format")
-                    include_pred = gr.Checkbox(False, label="include uncorrected predictions",
-                                               elem_id="export-predicted")
+                    fmt = gr.Radio(
+                        list(cb.transfer.FORMATS),
+                        value="coco-panoptic",
+                        label="Export format",
+                        elem_id="export-format",
+                    )
+                    include_pred = gr.Checkbox(
+                        False, label="include uncorrected predictions", elem_id="export-predicted"
+                    )
                     export_btn = gr.Button("Export", elem_id="export-btn")
-                export_file = gr.File(label="Export (zip)", interactive=False,
-                                      elem_id="export-file")
+                export_file = gr.File(
+                    label="Export (zip)", interactive=False, elem_id="export-file"
+                )
                 export_info = gr.Markdown(elem_id="export-info")
             # Train tab (app/train_tab.py) ----------------------------------------
             from app.train_tab import build_train_tab
@@ -184,37 +254,48 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
 
         def editor_update(s):
             # The label names what the brush edits; it also tells tests the editor was redrawn.
-            return gr.ImageEditor(value=cb.editor_value(ctx, s),
-                                  label=views.editor_label(ws, s))
+            return gr.ImageEditor(value=cb.editor_value(ctx, s), label=views.editor_label(ws, s))
 
         def segment_updates(s):
             choices = views.segment_choices(ws, s)
             pan, cmap = views.panoptic_view(ws, s)
-            return [gr.AnnotatedImage(value=pan, color_map=cmap),
-                    {"data": views.segment_rows(ws, s), "headers": views.SEGMENT_HEADERS},
-                    gr.Dropdown(choices=[NEW_SEGMENT, *choices], value=s.selected or 0),
-                    gr.Dropdown(choices=choices, value=None)]
+            return [
+                gr.AnnotatedImage(value=pan, color_map=cmap),
+                {"data": views.segment_rows(ws, s), "headers": views.SEGMENT_HEADERS},
+                gr.Dropdown(choices=[NEW_SEGMENT, *choices], value=s.selected or 0),
+                gr.Dropdown(choices=choices, value=None),
+            ]
 
         def edit_values(s):
-            return (s, *segment_updates(s), class_update(s), editor_update(s),
-                    views.status_line(ws, s))
+            return (
+                s,
+                *segment_updates(s),
+                class_update(s),
+                editor_update(s),
+                views.status_line(ws, s),
+            )
 
         def merge_values(s, dropped):
             sem, sem_cmap = views.semantic_view(shown_meta(s), s)
-            return (gr.AnnotatedImage(value=sem, color_map=sem_cmap),
-                    views.instance_view(shown_meta(s), s),
-                    views.gallery(shown_meta(s), s, dropped),
-                    gr.Dropdown(choices=views.dropped_choices(shown_meta(s), s), value=None))
+            return (
+                gr.AnnotatedImage(value=sem, color_map=sem_cmap),
+                views.instance_view(shown_meta(s), s),
+                views.gallery(shown_meta(s), s, dropped),
+                gr.Dropdown(choices=views.dropped_choices(shown_meta(s), s), value=None),
+            )
 
-        edit_out = [state, panoptic, segments_table, segment_dd, merge_dd, class_dd, editor,
-                    status]
+        edit_out = [state, panoptic, segments_table, segment_dd, merge_dd, class_dd, editor, status]
         merge_out = [semantic, instances, gallery, dropped_dd]
         open_out = [*edit_out, original, *merge_out, tabs]
         remerge_out = [*edit_out, *merge_out]
 
         def open_values(s, dropped):
-            return (*edit_values(s), s.image, *merge_values(s, dropped),
-                    gr.Tabs(selected="annotate"))
+            return (
+                *edit_values(s),
+                s.image,
+                *merge_values(s, dropped),
+                gr.Tabs(selected="annotate"),
+            )
 
         # ------------------------------------------------------------------ opening / merging
 
@@ -239,16 +320,29 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
 
         model = dict(concurrency_id="model", concurrency_limit=1)
         open_in = [score, overlap, dropped_only]
-        upload.upload(open_upload, [state, upload, *open_in], open_out, api_name="open_upload",
-                      **model).then(lambda: None, None, upload, api_visibility="private")
-        example_btn.click(open_example, [state, example, *open_in], open_out,
-                          api_name="open_example", **model)
-        open_btn.click(open_image, [state, image_num, *open_in], open_out, api_name="open_image",
-                       **model)
-        score.change(remerge, [state, score, overlap, dropped_only], remerge_out,
-                     api_name="remerge", trigger_mode="always_last")
-        overlap.change(remerge, [state, score, overlap, dropped_only], remerge_out,
-                       api_visibility="private", trigger_mode="always_last")
+        upload.upload(
+            open_upload, [state, upload, *open_in], open_out, api_name="open_upload", **model
+        ).then(lambda: None, None, upload, api_visibility="private")
+        example_btn.click(
+            open_example, [state, example, *open_in], open_out, api_name="open_example", **model
+        )
+        open_btn.click(
+            open_image, [state, image_num, *open_in], open_out, api_name="open_image", **model
+        )
+        score.change(
+            remerge,
+            [state, score, overlap, dropped_only],
+            remerge_out,
+            api_name="remerge",
+            trigger_mode="always_last",
+        )
+        overlap.change(
+            remerge,
+            [state, score, overlap, dropped_only],
+            remerge_out,
+            api_visibility="private",
+            trigger_mode="always_last",
+        )
 
         # ------------------------------------------------------------------ inspecting
 
@@ -256,8 +350,9 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         def show_gallery(s, dropped):
             return s, views.gallery(shown_meta(s), s, dropped)
 
-        dropped_only.change(show_gallery, [state, dropped_only], [state, gallery],
-                            api_name="gallery")
+        dropped_only.change(
+            show_gallery, [state, dropped_only], [state, gallery], api_name="gallery"
+        )
 
         detail_out = [query_heat, query_top5, query_info, query_num]
 
@@ -300,8 +395,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         @guard(len(select_out))
         def select_segment(s, seg):
             s = cb.select_segment(s, seg or None)
-            return s, gr.Dropdown(value=s.selected or 0), editor_update(s), \
-                views.status_line(ws, s)
+            return s, gr.Dropdown(value=s.selected or 0), editor_update(s), views.status_line(ws, s)
 
         def legend_select(s, evt: gr.SelectData):
             segs = s.annotation.segments if s.annotation is not None else ()
@@ -316,8 +410,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                 return tuple(gr.skip() for _ in select_out)
             return select_segment(s, segs[row]["id"])
 
-        segment_dd.input(select_segment, [state, segment_dd], select_out,
-                         api_name="select_segment")
+        segment_dd.input(select_segment, [state, segment_dd], select_out, api_name="select_segment")
         panoptic.select(legend_select, [state], select_out, api_visibility="private")
         segments_table.select(table_select, [state], select_out, api_visibility="private")
 
@@ -369,24 +462,30 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
 
         for button, fn, inputs in [
             (relabel_btn, relabel, [segment_dd, class_dd, new_thing]),
-            (swap_btn, swap_class, [segment_dd]), (delete_btn, delete, [segment_dd]),
-            (split_btn, split, [segment_dd]), (merge_btn, merge, [segment_dd, merge_dd]),
+            (swap_btn, swap_class, [segment_dd]),
+            (delete_btn, delete, [segment_dd]),
+            (split_btn, split, [segment_dd]),
+            (merge_btn, merge, [segment_dd, merge_dd]),
             (accept_btn, accept_query, [dropped_dd]),
-            (undo_btn, undo, []), (redo_btn, redo, []), (reset_btn, reset, []),
+            (undo_btn, undo, []),
+            (redo_btn, redo, []),
+            (reset_btn, reset, []),
         ]:
             button.click(fn, [state, *inputs], edit_out, api_name=fn.__name__)
         # The editor is an input here; updating it in the same event leaves gradio 6.31's editor
         # spinning, so it is re-drawn by a follow-up event.
-        brush_btn.click(apply_brush, [state, editor, class_dd, new_thing], brush_out,
-                        api_name="apply_brush").then(refresh_editor, [state], [editor],
-                                                     api_visibility="private")
+        brush_btn.click(
+            apply_brush, [state, editor, class_dd, new_thing], brush_out, api_name="apply_brush"
+        ).then(refresh_editor, [state], [editor], api_visibility="private")
 
         @guard(2)
         def save(s):
             msg = cb.save(ctx, s)
             gr.Info(msg)
-            return views.status_line(ws, s), {"data": views.workspace_rows(ws),
-                                              "headers": views.WORKSPACE_HEADERS}
+            return views.status_line(ws, s), {
+                "data": views.workspace_rows(ws),
+                "headers": views.WORKSPACE_HEADERS,
+            }
 
         save_btn.click(save, [state], [status, ws_table], api_name="save")
 
@@ -414,9 +513,16 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
 
         refresh_btn.click(list_images, None, ws_table, api_name="list_images")
         ws_table.select(pick_image, None, image_num, api_visibility="private")
-        import_btn.click(do_import, [import_path, import_files], [import_info, ws_table, class_dd],
-                         api_name="import", concurrency_id="model", concurrency_limit=1)
-        export_btn.click(do_export, [fmt, include_pred], [export_file, export_info],
-                         api_name="export")
+        import_btn.click(
+            do_import,
+            [import_path, import_files],
+            [import_info, ws_table, class_dd],
+            api_name="import",
+            concurrency_id="model",
+            concurrency_limit=1,
+        )
+        export_btn.click(
+            do_export, [fmt, include_pred], [export_file, export_info], api_name="export"
+        )
         demo.load(list_images, None, ws_table, api_visibility="private")
     return demo

@@ -14,8 +14,16 @@ def version_label(v: ModelVersion) -> str:
     return f"v{v.id} ({Path(v.path).name})" + (" [active]" if v.active else "")
 
 
-VERSION_HEADERS = ["version", "file", "parent", "created", "active", "held-out PQ",
-                   "held-out mIoU", "classes"]
+VERSION_HEADERS = [
+    "version",
+    "file",
+    "parent",
+    "created",
+    "active",
+    "held-out PQ",
+    "held-out mIoU",
+    "classes",
+]
 
 
 def fmt_metric(x: Any) -> str:
@@ -29,11 +37,22 @@ def version_rows(ws: Workspace) -> list[list[Any]]:
     for v in reversed(ws.model_versions()):
         held = v.metrics.get("heldout", {})
         before = v.metrics.get("before", {})
-        pq, miou = (f"{fmt_metric(before.get(k))} → {fmt_metric(held.get(k))}" if held else "—"
-                    for k in ("PQ", "mIoU"))
-        rows.append([f"v{v.id}", Path(v.path).name, "" if v.parent is None else f"v{v.parent}",
-                     v.created, "yes" if v.active else "", pq, miou,
-                     len(v.metrics.get("classes", [])) or ""])
+        pq, miou = (
+            f"{fmt_metric(before.get(k))} → {fmt_metric(held.get(k))}" if held else "—"
+            for k in ("PQ", "mIoU")
+        )
+        rows.append(
+            [
+                f"v{v.id}",
+                Path(v.path).name,
+                "" if v.parent is None else f"v{v.parent}",
+                v.created,
+                "yes" if v.active else "",
+                pq,
+                miou,
+                len(v.metrics.get("classes", [])) or "",
+            ]
+        )
     return rows
 
 
@@ -46,8 +65,13 @@ def compare_rows(ws: Workspace, a: int, b: int) -> list[list[Any]]:
         rows.append([key, fmt_metric(ma.get(key)), fmt_metric(mb.get(key))])
     pa, pb = ma.get("per_class", {}), mb.get("per_class", {})
     for name in list(dict.fromkeys([*pa, *pb])):
-        rows.append([f"PQ {name}", fmt_metric(pa.get(name, {}).get("PQ")),
-                     fmt_metric(pb.get(name, {}).get("PQ"))])
+        rows.append(
+            [
+                f"PQ {name}",
+                fmt_metric(pa.get(name, {}).get("PQ")),
+                fmt_metric(pb.get(name, {}).get("PQ")),
+            ]
+        )
     return rows
 
 
@@ -70,8 +94,9 @@ class ModelSwitcher:
         ws: Workspace = self.ctx.workspace
         version = ws.model_version(int(version_id))
         if not Path(version.path).is_file():
-            raise WorkspaceError(f"the checkpoint of version v{version.id} is missing: "
-                                 f"{version.path}")
+            raise WorkspaceError(
+                f"the checkpoint of version v{version.id} is missing: {version.path}"
+            )
         predictor = Predictor(version.path, device=self.device or _device_of(self.ctx.predictor))
         class_categories = ws.ensure_meta(predictor.meta)
         with self.lock:

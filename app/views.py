@@ -157,8 +157,7 @@ def query_detail(meta: Any, s: Session, q: int) -> QueryDetail:
     top = cls.topk(min(5, cls.numel()))
     top5 = {class_name(meta, int(i)): float(p) for p, i in zip(top.values, top.indices)}
     area = int((probs >= 0.5).sum())
-    text = (f"query {q}: mask area {area} px (probability >= 0.5); "
-            f"{query_fate(meta, s, q)}")
+    text = f"query {q}: mask area {area} px (probability >= 0.5); {query_fate(meta, s, q)}"
     return QueryDetail(render.heatmap(s.image, probs), top5, text)
 
 
@@ -177,8 +176,16 @@ def probe(meta: Any, ws: Workspace, s: Session, x: int, y: int) -> tuple[str, li
     labels, scores = query_scores(s)
     claim = np.nonzero(mask_p >= 0.5)[0]
     claim = claim[np.argsort(-(mask_p[claim] * scores[claim]), kind="stable")]
-    rows = [[int(q), round(float(mask_p[q]), 3), class_name(meta, int(labels[q])),
-             round(float(scores[q]), 3), round(float(mask_p[q] * scores[q]), 3)] for q in claim]
+    rows = [
+        [
+            int(q),
+            round(float(mask_p[q]), 3),
+            class_name(meta, int(labels[q])),
+            round(float(scores[q]), 3),
+            round(float(mask_p[q] * scores[q]), 3),
+        ]
+        for q in claim
+    ]
     seg_id = int(s.annotation.id_map[y, x])
     where = "void" if seg_id == 0 else segment_label(s.annotation.segment(seg_id), categories(ws))
     return f"pixel ({x}, {y}): segment {where}; {len(rows)} queries claim it", rows
@@ -195,10 +202,16 @@ def segment_rows(ws: Workspace, s: Session) -> list[list[Any]]:
     for seg in s.annotation.segments:
         cat = cats.get(int(seg["category_id"]))
         score = seg.get("score")
-        rows.append([int(seg["id"]), cat.name if cat else "?",
-                     "thing" if seg.get("isthing") else "stuff", int(seg["area"]),
-                     "" if seg.get("query") is None else int(seg["query"]),
-                     "" if score is None else round(float(score), 3)])
+        rows.append(
+            [
+                int(seg["id"]),
+                cat.name if cat else "?",
+                "thing" if seg.get("isthing") else "stuff",
+                int(seg["area"]),
+                "" if seg.get("query") is None else int(seg["query"]),
+                "" if score is None else round(float(score), 3),
+            ]
+        )
     return rows
 
 
@@ -206,15 +219,20 @@ def segment_choices(ws: Workspace, s: Session) -> list[tuple[str, int]]:
     if s.annotation is None:
         return []
     cats = categories(ws)
-    return [(f"{segment_label(seg, cats)} ({seg['area']} px)", int(seg["id"]))
-            for seg in s.annotation.segments]
+    return [
+        (f"{segment_label(seg, cats)} ({seg['area']} px)", int(seg["id"]))
+        for seg in s.annotation.segments
+    ]
 
 
 def dropped_choices(meta: Any, s: Session) -> list[tuple[str, int]]:
     if s.merged is None:
         return []
-    return [(f"q{d.query} {class_name(meta, d.label)} {d.score:.2f} ({d.reason})", d.query)
-            for d in s.merged.dropped if d.reason != "no-object"]
+    return [
+        (f"q{d.query} {class_name(meta, d.label)} {d.score:.2f} ({d.reason})", d.query)
+        for d in s.merged.dropped
+        if d.reason != "no-object"
+    ]
 
 
 WORKSPACE_HEADERS = ["id", "name", "size", "status", "classes"]
@@ -235,8 +253,9 @@ def editor_label(ws: Workspace, s: Session) -> str:
     if s.selected is None:
         return "Brush: green paints a new segment of the chosen class"
     seg = s.annotation.segment(s.selected)
-    return (f"Brush on {segment_label(seg, categories(ws))} ({seg['area']} px): green adds, "
-            "red removes")
+    return (
+        f"Brush on {segment_label(seg, categories(ws))} ({seg['area']} px): green adds, red removes"
+    )
 
 
 def status_line(ws: Workspace, s: Session) -> str:
@@ -244,5 +263,7 @@ def status_line(ws: Workspace, s: Session) -> str:
         return "No image open."
     n = len(s.annotation.segments) if s.annotation is not None else 0
     state = "unsaved changes" if s.dirty else "saved" if s.edited else "model merge"
-    return (f"Image {s.image_id} ({s.image_name}, {s.image.shape[1]}x{s.image.shape[0]}): "
-            f"{n} segments, {state}; undo {len(s.undo_stack)}, redo {len(s.redo_stack)}.")
+    return (
+        f"Image {s.image_id} ({s.image_name}, {s.image.shape[1]}x{s.image.shape[0]}): "
+        f"{n} segments, {state}; undo {len(s.undo_stack)}, redo {len(s.redo_stack)}."
+    )

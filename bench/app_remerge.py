@@ -39,12 +39,18 @@ def main() -> None:
     class_logits, mask_logits = fake_outputs(args.queries, args.classes, args.size)
     meta = generic_meta(args.classes, thing_ids=tuple(range(args.classes * 6 // 10)))
     image = np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3), np.uint8)
-    pred = Prediction(class_logits=class_logits, mask_logits=mask_logits, image=image, meta=meta,
-                      test=get_preset("maskformer_r50_coco_panoptic").test)
+    pred = Prediction(
+        class_logits=class_logits,
+        mask_logits=mask_logits,
+        image=image,
+        meta=meta,
+        test=get_preset("maskformer_r50_coco_panoptic").test,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         ws = Workspace(tmp)
-        ctx = cb.AppContext(predictor=None, workspace=ws, meta=meta,
-                            class_categories=ws.ensure_meta(meta))
+        ctx = cb.AppContext(
+            predictor=None, workspace=ws, meta=meta, class_categories=ws.ensure_meta(meta)
+        )
         s = Session(image_id=1, image=image, prediction=pred, mask_probs=pred.mask_probs)
         cb.remerge(ctx, s, 0.8, 0.8)  # fills the Prediction's caches, as opening an image does
         pairs = iter([(0.8, 0.8), (0.7, 0.75)] * (args.repeats + 1))
@@ -52,14 +58,18 @@ def main() -> None:
         rows = median_ms(lambda: views.segment_rows(ws, s), args.repeats)
         pan = median_ms(lambda: views.panoptic_view(ws, s), args.repeats)
         inst = median_ms(lambda: views.instance_view(meta, s), args.repeats)
-    print(f"torch threads {torch.get_num_threads()}; {args.size}x{args.size}, Q={args.queries}, "
-          f"K={args.classes}; {len(s.annotation.segments)} segments, "
-          f"{len(s.merged.dropped)} dropped")
+    print(
+        f"torch threads {torch.get_num_threads()}; {args.size}x{args.size}, Q={args.queries}, "
+        f"K={args.classes}; {len(s.annotation.segments)} segments, "
+        f"{len(s.merged.dropped)} dropped"
+    )
     print(f"{'':44s} {'wall ms':>8s} {'cpu ms':>8s}   (median of {args.repeats})")
-    for name, (wall, cpu) in [("remerge callback (goal <= 50 ms)", merge),
-                              ("segment table rows", rows),
-                              ("panoptic AnnotatedImage value (masks)", pan),
-                              ("instance overlay", inst)]:
+    for name, (wall, cpu) in [
+        ("remerge callback (goal <= 50 ms)", merge),
+        ("segment table rows", rows),
+        ("panoptic AnnotatedImage value (masks)", pan),
+        ("instance overlay", inst),
+    ]:
         print(f"{name:44s} {wall:8.1f} {cpu:8.1f}")
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 

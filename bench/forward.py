@@ -169,8 +169,11 @@ def run_single(hf, ours, device, size: int, runs: int, bf16_size: int) -> None:
             return model(x)
 
     t16 = median_times(
-        {"hf": lambda: hf(pixel_values=x), "ours_bf16": ours_bf16,
-         "nhwc_bf16": lambda: ours_bf16(nhwc)},
+        {
+            "hf": lambda: hf(pixel_values=x),
+            "ours_bf16": ours_bf16,
+            "nhwc_bf16": lambda: ours_bf16(nhwc),
+        },
         device,
         n,
     )

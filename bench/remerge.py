@@ -71,28 +71,37 @@ def main() -> None:
     probs = mask_logits.sigmoid()  # what Prediction caches
     areas = mask_areas(probs)  # likewise
     pan = panoptic_inference(class_logits, mask_logits, thing_ids=things, mask_probs=probs)
-    print(f"torch threads {torch.get_num_threads()}; {args.size}x{args.size}, Q={args.queries}, "
-          f"K={args.classes}; {len(pan.segments)} segments, {len(pan.dropped)} dropped")
+    print(
+        f"torch threads {torch.get_num_threads()}; {args.size}x{args.size}, Q={args.queries}, "
+        f"K={args.classes}; {len(pan.segments)} segments, {len(pan.dropped)} dropped"
+    )
     rows = {
         "sigmoid + areas (once per prediction)": lambda: mask_areas(mask_logits.sigmoid()),
         "panoptic_inference (no cache)": lambda: panoptic_inference(
-            class_logits, mask_logits, thing_ids=things),
+            class_logits, mask_logits, thing_ids=things
+        ),
         "panoptic_inference (cached probs)": lambda: panoptic_inference(
-            class_logits, mask_logits, thing_ids=things, mask_probs=probs, areas=areas),
+            class_logits, mask_logits, thing_ids=things, mask_probs=probs, areas=areas
+        ),
         "semantic_map (argmax, cached probs)": lambda: semantic_map(
-            class_logits, mask_logits, mask_probs=probs),
+            class_logits, mask_logits, mask_probs=probs
+        ),
         "semantic_inference (K,H,W scores)": lambda: semantic_inference(
-            class_logits, mask_logits, mask_probs=probs),
+            class_logits, mask_logits, mask_probs=probs
+        ),
         "instance_inference top-100": lambda: instance_inference(
-            class_logits, mask_logits, topk=100, mask_probs=probs),
+            class_logits, mask_logits, topk=100, mask_probs=probs
+        ),
     }
     res = {name: median_ms(fn, args.repeats) for name, fn in rows.items()}
     print(f"{'':40s} {'wall ms':>8s} {'cpu ms':>8s}   (median of {args.repeats})")
     for name, (wall, cpu) in res.items():
         print(f"{name:40s} {wall:8.1f} {cpu:8.1f}")
     parts = [res["panoptic_inference (cached probs)"], res["semantic_map (argmax, cached probs)"]]
-    print(f"{'re-merge = panoptic + semantic map':40s} {sum(p[0] for p in parts):8.1f} "
-          f"{sum(p[1] for p in parts):8.1f}")
+    print(
+        f"{'re-merge = panoptic + semantic map':40s} {sum(p[0] for p in parts):8.1f} "
+        f"{sum(p[1] for p in parts):8.1f}"
+    )
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     from maskformer.errors import UserError
 
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m maskformer", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m maskformer", description=__doc__.splitlines()[0]
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     # Only the chosen command's module is imported: `python -m maskformer synth` must not pay for torch

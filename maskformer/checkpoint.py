@@ -90,8 +90,13 @@ class LoadReport:
 # save
 
 
-def save_checkpoint(path: str | Path, model_or_state_dict: nn.Module | dict[str, Tensor],
-                    cfg: Config, meta: DatasetMeta, extra: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    model_or_state_dict: nn.Module | dict[str, Tensor],
+    cfg: Config,
+    meta: DatasetMeta,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Write a native checkpoint atomically (temp file in the same folder, then ``os.replace``).
 
     Args:
@@ -107,8 +112,11 @@ def save_checkpoint(path: str | Path, model_or_state_dict: nn.Module | dict[str,
     from safetensors.torch import save_file
 
     path = Path(path)
-    state = (model_or_state_dict.state_dict() if isinstance(model_or_state_dict, nn.Module)
-             else model_or_state_dict)
+    state = (
+        model_or_state_dict.state_dict()
+        if isinstance(model_or_state_dict, nn.Module)
+        else model_or_state_dict
+    )
     tensors = _saveable(state)
     metadata = {
         "format": FORMAT,
@@ -181,7 +189,8 @@ def _read(path: str | Path, *, with_tensors: bool) -> Checkpoint:
         if _looks_like_torch_or_pickle(path):
             raise _foreign(path) from None
         raise CheckpointError(
-            f"{path} is not a readable safetensors file ({_first_line(e)})") from None
+            f"{path} is not a readable safetensors file ({_first_line(e)})"
+        ) from None
     return Checkpoint(tensors, *_parse_header(path, header))
 
 
@@ -191,8 +200,10 @@ def _check_native_path(path: str | Path) -> Path:
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir():
         if (path / "config.json").exists():
-            raise CheckpointError(f"{path} is a Hugging Face model folder, not a native "
-                                  "checkpoint; " + CONVERT_HINT.format(src=path))
+            raise CheckpointError(
+                f"{path} is a Hugging Face model folder, not a native "
+                "checkpoint; " + CONVERT_HINT.format(src=path)
+            )
         raise CheckpointError(f"{path} is a folder, not a checkpoint file")
     if path.suffix.lower() in _FOREIGN_SUFFIXES:
         raise _foreign(path)
@@ -200,15 +211,18 @@ def _check_native_path(path: str | Path) -> Path:
 
 
 def _foreign(path: Path) -> CheckpointError:
-    return CheckpointError(f"{path} is a PyTorch/detectron2 checkpoint, not a native one; "
-                           + CONVERT_HINT.format(src=path))
+    return CheckpointError(
+        f"{path} is a PyTorch/detectron2 checkpoint, not a native one; "
+        + CONVERT_HINT.format(src=path)
+    )
 
 
 def _looks_like_torch_or_pickle(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(4)
-    return head == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03",
-                                                                          b"\x04", b"\x05"))
+    return head == b"PK\x03\x04" or (
+        head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+    )
 
 
 def _check_header(path: Path, header: dict[str, str]) -> None:
@@ -216,14 +230,17 @@ def _check_header(path: Path, header: dict[str, str]) -> None:
         raise CheckpointError(
             f"{path} is a safetensors file but not a MaskFormer Studio checkpoint (no "
             f"'format: {FORMAT}' metadata; a Hugging Face model.safetensors?); convert its folder "
-            "first: python -m maskformer convert MODEL_DIR OUT.safetensors")
+            "first: python -m maskformer convert MODEL_DIR OUT.safetensors"
+        )
     try:
         version = int(header.get("format_version", "0"))
     except ValueError:
         version = -1
     if not 1 <= version <= FORMAT_VERSION:
-        raise CheckpointError(f"{path} has format_version {header.get('format_version')!r}; this "
-                              f"version of MaskFormer Studio reads 1..{FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{path} has format_version {header.get('format_version')!r}; this "
+            f"version of MaskFormer Studio reads 1..{FORMAT_VERSION}"
+        )
 
 
 def _parse_header(path: Path, header: dict[str, str]) -> tuple[Config, DatasetMeta, dict[str, Any]]:
@@ -234,8 +251,10 @@ def _parse_header(path: Path, header: dict[str, str]) -> tuple[Config, DatasetMe
     except (KeyError, TypeError, ValueError, ConfigError) as e:  # JSONDecodeError is a ValueError
         raise CheckpointError(f"{path} has broken config/meta metadata: {_first_line(e)}") from None
     if meta.num_classes != cfg.model.num_classes:
-        raise CheckpointError(f"{path}: its metadata names {meta.num_classes} classes but its "
-                              f"config says num_classes={cfg.model.num_classes}")
+        raise CheckpointError(
+            f"{path}: its metadata names {meta.num_classes} classes but its "
+            f"config says num_classes={cfg.model.num_classes}"
+        )
     return cfg, meta, extra
 
 
@@ -285,9 +304,13 @@ def _resize_class_rows(src: Tensor, target: Tensor) -> tuple[Tensor, int]:
     return out, n
 
 
-def load_model_with_report(path: str | Path, device: str | torch.device = "cpu",
-                           num_classes: int | None = None, num_queries: int | None = None,
-                           meta: DatasetMeta | None = None) -> tuple[nn.Module, LoadReport]:
+def load_model_with_report(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    num_classes: int | None = None,
+    num_queries: int | None = None,
+    meta: DatasetMeta | None = None,
+) -> tuple[nn.Module, LoadReport]:
     """Build the model a native checkpoint describes and load its weights.
 
     Args:
@@ -308,8 +331,9 @@ def load_model_with_report(path: str | Path, device: str | torch.device = "cpu",
     if num_classes is None:
         num_classes = meta.num_classes if meta is not None else old.num_classes
     if meta is not None and meta.num_classes != num_classes:
-        raise CheckpointError(f"the metadata given names {meta.num_classes} classes but "
-                              f"num_classes={num_classes}")
+        raise CheckpointError(
+            f"the metadata given names {meta.num_classes} classes but num_classes={num_classes}"
+        )
     new = replace(old, num_classes=num_classes, num_queries=num_queries or old.num_queries)
     try:
         model = build_model(new)
@@ -320,22 +344,34 @@ def load_model_with_report(path: str | Path, device: str | torch.device = "cpu",
     report.missing = [k for k in report.missing if not k.endswith(_DERIVED_BUFFERS)]
     report.unexpected = [k for k in report.unexpected if not k.endswith(_DERIVED_BUFFERS)]
     if not report.complete:
-        logger.info("loaded %s with K=%d Q=%d: %s", path, new.num_classes, new.num_queries,
-                    report.summary())
+        logger.info(
+            "loaded %s with K=%d Q=%d: %s", path, new.num_classes, new.num_queries, report.summary()
+        )
     model.cfg = replace(ckpt.cfg, model=new)
     model.meta = meta if meta is not None else _resize_meta(ckpt.meta, num_classes)
     return model.to(torch.device(device)).eval(), report
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", num_classes: int | None = None,
-               num_queries: int | None = None, meta: DatasetMeta | None = None) -> nn.Module:
+def load_model(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    num_classes: int | None = None,
+    num_queries: int | None = None,
+    meta: DatasetMeta | None = None,
+) -> nn.Module:
     """``load_model_with_report`` without the report (which is logged when not complete)."""
     return load_model_with_report(path, device, num_classes, num_queries, meta)[0]
 
 
-def _check_against_config(path: Path, state: dict[str, Tensor], built: dict[str, Tensor],
-                          old: ModelConfig, new: ModelConfig) -> None:
+def _check_against_config(
+    path: Path,
+    state: dict[str, Tensor],
+    built: dict[str, Tensor],
+    old: ModelConfig,
+    new: ModelConfig,
+) -> None:
     """Raise unless the stored tensors are exactly what the checkpoint's own config describes."""
+
     def expected(key: str, t: Tensor) -> tuple[int, ...]:
         shape = tuple(t.shape)
         if key.endswith(_CLASS_KEYS) and shape[0] == new.num_classes + 1:
@@ -344,17 +380,23 @@ def _check_against_config(path: Path, state: dict[str, Tensor], built: dict[str,
             return (old.num_queries,) + shape[1:]
         return shape
 
-    wrong = [f"{k} {tuple(state[k].shape)} vs {expected(k, t)}" for k, t in built.items()
-             if k in state and tuple(state[k].shape) != expected(k, t)]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {expected(k, t)}"
+        for k, t in built.items()
+        if k in state and tuple(state[k].shape) != expected(k, t)
+    ]
     missing = [k for k in built if k not in state and not k.endswith(_DERIVED_BUFFERS)]
     extra = [k for k in state if k not in built and not k.endswith(_DERIVED_BUFFERS)]
-    problems = [f"{len(v)} {name} ({_few(v)})"
-                for name, v in (("with wrong shapes", wrong), ("missing", missing),
-                                ("unknown", extra)) if v]
+    problems = [
+        f"{len(v)} {name} ({_few(v)})"
+        for name, v in (("with wrong shapes", wrong), ("missing", missing), ("unknown", extra))
+        if v
+    ]
     if problems:
-        raise CheckpointError(f"{path} does not match its own config (backbone={old.backbone}, "
-                              f"K={old.num_classes}, Q={old.num_queries}): tensors "
-                              + "; ".join(problems))
+        raise CheckpointError(
+            f"{path} does not match its own config (backbone={old.backbone}, "
+            f"K={old.num_classes}, Q={old.num_queries}): tensors " + "; ".join(problems)
+        )
 
 
 def _resize_meta(meta: DatasetMeta, k: int) -> DatasetMeta:

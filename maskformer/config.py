@@ -18,14 +18,34 @@ PIXEL_STD = (58.395, 57.120, 57.375)
 
 # Swin variants as the official configs define them: embed dim, depths, heads, window, pretrain size.
 SWIN_VARIANTS = {
-    "swin_tiny": dict(swin_embed_dim=96, swin_depths=(2, 2, 6, 2), swin_num_heads=(3, 6, 12, 24),
-                      swin_window_size=7, swin_pretrain_img_size=224),
-    "swin_small": dict(swin_embed_dim=96, swin_depths=(2, 2, 18, 2), swin_num_heads=(3, 6, 12, 24),
-                       swin_window_size=7, swin_pretrain_img_size=224),
-    "swin_base": dict(swin_embed_dim=128, swin_depths=(2, 2, 18, 2), swin_num_heads=(4, 8, 16, 32),
-                      swin_window_size=12, swin_pretrain_img_size=384),
-    "swin_large": dict(swin_embed_dim=192, swin_depths=(2, 2, 18, 2), swin_num_heads=(6, 12, 24, 48),
-                       swin_window_size=12, swin_pretrain_img_size=384),
+    "swin_tiny": dict(
+        swin_embed_dim=96,
+        swin_depths=(2, 2, 6, 2),
+        swin_num_heads=(3, 6, 12, 24),
+        swin_window_size=7,
+        swin_pretrain_img_size=224,
+    ),
+    "swin_small": dict(
+        swin_embed_dim=96,
+        swin_depths=(2, 2, 18, 2),
+        swin_num_heads=(3, 6, 12, 24),
+        swin_window_size=7,
+        swin_pretrain_img_size=224,
+    ),
+    "swin_base": dict(
+        swin_embed_dim=128,
+        swin_depths=(2, 2, 18, 2),
+        swin_num_heads=(4, 8, 16, 32),
+        swin_window_size=12,
+        swin_pretrain_img_size=384,
+    ),
+    "swin_large": dict(
+        swin_embed_dim=192,
+        swin_depths=(2, 2, 18, 2),
+        swin_num_heads=(6, 12, 24, 48),
+        swin_window_size=12,
+        swin_pretrain_img_size=384,
+    ),
 }
 
 
@@ -170,7 +190,9 @@ class DatasetMeta:
                 f"and {len(self.colors)} colours"
             )
         if self.dataset_ids and len(self.dataset_ids) != k:
-            raise ConfigError(f"DatasetMeta: {k} class names but {len(self.dataset_ids)} dataset ids")
+            raise ConfigError(
+                f"DatasetMeta: {k} class names but {len(self.dataset_ids)} dataset ids"
+            )
 
     @property
     def num_classes(self) -> int:
@@ -275,7 +297,9 @@ def _section_from_dict(cls, d: dict[str, Any], prefix: str):
     known = {f.name: f for f in fields(cls)}
     unknown = set(d) - set(known)
     if unknown:
-        raise ConfigError(f"unknown config key(s): {', '.join(prefix + k for k in sorted(unknown))}")
+        raise ConfigError(
+            f"unknown config key(s): {', '.join(prefix + k for k in sorted(unknown))}"
+        )
     return cls(**{k: _coerce(v, known[k].type, prefix + k) for k, v in d.items()})
 
 
@@ -299,8 +323,10 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Confi
     for key, value in items:
         section, _, name = key.lstrip("-").partition(".")
         if section not in _SECTIONS or not name:
-            raise ConfigError(f"override {key!r}: expected <section>.<field> with section in "
-                              f"{', '.join(_SECTIONS)}")
+            raise ConfigError(
+                f"override {key!r}: expected <section>.<field> with section in "
+                f"{', '.join(_SECTIONS)}"
+            )
         sub = getattr(cfg, section)
         known = {f.name: f for f in fields(sub)}
         if name not in known:
@@ -329,21 +355,33 @@ def load_config_file(path: str | Path) -> Config:
 # presets, named after the official configs
 
 
-def _resnet_semantic(backbone: str, k: int, crop: int, test_size: int, max_test: int,
-                     iters: int, batch: int = 16) -> Config:
+def _resnet_semantic(
+    backbone: str, k: int, crop: int, test_size: int, max_test: int, iters: int, batch: int = 16
+) -> Config:
     sizes = tuple(int(x * 0.1 * crop) for x in range(5, 21))
     return Config(
         model=ModelConfig(backbone=backbone, num_classes=k),
-        input=InputConfig(min_size_test=test_size, max_size_test=max_test, min_size_train=sizes,
-                          max_size_train=4 * crop, crop_size=(crop, crop)),
+        input=InputConfig(
+            min_size_test=test_size,
+            max_size_test=max_test,
+            min_size_train=sizes,
+            max_size_train=4 * crop,
+            crop_size=(crop, crop),
+        ),
         solver=SolverConfig(max_iter=iters, batch_size=batch),
     )
 
 
 def _swin(cfg: Config, variant: str) -> Config:
     model = replace(cfg.model, backbone="swin", **SWIN_VARIANTS[variant])
-    solver = replace(cfg.solver, base_lr=6e-5, weight_decay=0.01, backbone_multiplier=1.0,
-                     warmup_iters=1500, warmup_factor=1e-6)
+    solver = replace(
+        cfg.solver,
+        base_lr=6e-5,
+        weight_decay=0.01,
+        backbone_multiplier=1.0,
+        warmup_iters=1500,
+        warmup_factor=1e-6,
+    )
     return replace(cfg, model=model, solver=solver)
 
 
@@ -359,12 +397,19 @@ def _coco_panoptic(backbone: str) -> Config:
     )
     cfg = Config(
         model=model,
-        input=InputConfig(min_size_test=800, max_size_test=1333,
-                          min_size_train=tuple(range(480, 801, 32)), max_size_train=1333,
-                          crop_size=None, color_aug_ssd=False, mapper="detr_panoptic"),
+        input=InputConfig(
+            min_size_test=800,
+            max_size_test=1333,
+            min_size_train=tuple(range(480, 801, 32)),
+            max_size_train=1333,
+            crop_size=None,
+            color_aug_ssd=False,
+            mapper="detr_panoptic",
+        ),
         test=TestConfig(panoptic_on=True, instance_on=True),
-        solver=SolverConfig(batch_size=64, max_iter=554_400, scheduler="step", steps=(369_600,),
-                            warmup_iters=10),
+        solver=SolverConfig(
+            batch_size=64, max_iter=554_400, scheduler="step", steps=(369_600,), warmup_iters=10
+        ),
     )
     if swin:
         cfg = _swin(cfg, backbone)
@@ -377,9 +422,14 @@ def _coco_panoptic(backbone: str) -> Config:
 def _ade_panoptic(backbone: str) -> Config:
     cfg = _resnet_semantic(backbone, 150, 640, 640, 2560, 720_000)
     model = replace(cfg.model, enc_layers=6, transformer_in_feature="transformer_encoder")
-    return replace(cfg, model=model, input=replace(cfg.input, mapper="panoptic"),
-                   test=TestConfig(object_mask_threshold=0.7, overlap_threshold=0.8,
-                                   panoptic_on=True, instance_on=True))
+    return replace(
+        cfg,
+        model=model,
+        input=replace(cfg.input, mapper="panoptic"),
+        test=TestConfig(
+            object_mask_threshold=0.7, overlap_threshold=0.8, panoptic_on=True, instance_on=True
+        ),
+    )
 
 
 def _tiny(backbone: str = "resnet10t") -> Config:
@@ -389,21 +439,53 @@ def _tiny(backbone: str = "resnet10t") -> Config:
     start from ImageNet statistics).
     """
     model = ModelConfig(
-        backbone=backbone, frozen_bn=False, num_classes=8, num_queries=20, hidden_dim=64, num_heads=4,
-        dim_feedforward=256, dec_layers=2, conv_dim=64, mask_dim=64, dropout=0.0,
-        swin_embed_dim=32, swin_depths=(1, 1, 2, 1), swin_num_heads=(1, 2, 4, 8),
-        swin_window_size=4, swin_drop_path_rate=0.1,
+        backbone=backbone,
+        frozen_bn=False,
+        num_classes=8,
+        num_queries=20,
+        hidden_dim=64,
+        num_heads=4,
+        dim_feedforward=256,
+        dec_layers=2,
+        conv_dim=64,
+        mask_dim=64,
+        dropout=0.0,
+        swin_embed_dim=32,
+        swin_depths=(1, 1, 2, 1),
+        swin_num_heads=(1, 2, 4, 8),
+        swin_window_size=4,
+        swin_drop_path_rate=0.1,
     )
     return Config(
         model=model,
-        input=InputConfig(min_size_test=128, max_size_test=512,
-                          min_size_train=tuple(range(96, 193, 16)), max_size_train=512,
-                          crop_size=(128, 128), mapper="panoptic"),
-        test=TestConfig(object_mask_threshold=0.5, overlap_threshold=0.8, panoptic_on=True,
-                        instance_on=True, detections_per_image=20),
-        solver=SolverConfig(batch_size=8, max_iter=2000, base_lr=2e-4, backbone_multiplier=1.0,
-                            weight_decay=1e-4, warmup_iters=50, warmup_factor=0.01,
-                            checkpoint_period=500, eval_period=500, log_period=10, num_workers=0),
+        input=InputConfig(
+            min_size_test=128,
+            max_size_test=512,
+            min_size_train=tuple(range(96, 193, 16)),
+            max_size_train=512,
+            crop_size=(128, 128),
+            mapper="panoptic",
+        ),
+        test=TestConfig(
+            object_mask_threshold=0.5,
+            overlap_threshold=0.8,
+            panoptic_on=True,
+            instance_on=True,
+            detections_per_image=20,
+        ),
+        solver=SolverConfig(
+            batch_size=8,
+            max_iter=2000,
+            base_lr=2e-4,
+            backbone_multiplier=1.0,
+            weight_decay=1e-4,
+            warmup_iters=50,
+            warmup_factor=0.01,
+            checkpoint_period=500,
+            eval_period=500,
+            log_period=10,
+            num_workers=0,
+        ),
     )
 
 
@@ -429,12 +511,23 @@ def _demo() -> Config:
     (25.5 minutes at ~39 images/s) 78.8 and 7500 iterations (29.1 minutes at ~35 images/s) 80.1.
     Trials and curves: checkpoints/README.md."""
     cfg = _tiny("resnet10t")
-    return replace(cfg, model=replace(cfg.model, transformer_in_feature="res2",
-                                      masked_attention=True, dec_layers=3),
-                   input=replace(cfg.input, min_size_train=(128,), color_aug_ssd=False),
-                   solver=replace(cfg.solver, base_lr=1e-3, max_iter=7500, eval_period=2000,
-                                  checkpoint_period=2000, class_weight=3.0, dice_weight=3.0,
-                                  amp=True))
+    return replace(
+        cfg,
+        model=replace(
+            cfg.model, transformer_in_feature="res2", masked_attention=True, dec_layers=3
+        ),
+        input=replace(cfg.input, min_size_train=(128,), color_aug_ssd=False),
+        solver=replace(
+            cfg.solver,
+            base_lr=1e-3,
+            max_iter=7500,
+            eval_period=2000,
+            checkpoint_period=2000,
+            class_weight=3.0,
+            dice_weight=3.0,
+            amp=True,
+        ),
+    )
 
 
 PRESETS = {
@@ -442,23 +535,36 @@ PRESETS = {
     "maskformer_r101_ade20k": lambda: _resnet_semantic("resnet101", 150, 512, 512, 2048, 160_000),
     "maskformer_r101c_ade20k": lambda: _resnet_semantic("resnet101c", 150, 512, 512, 2048, 160_000),
     "maskformer_swin_t_ade20k": lambda: _swin(
-        _resnet_semantic("resnet50", 150, 512, 512, 2048, 160_000), "swin_tiny"),
+        _resnet_semantic("resnet50", 150, 512, 512, 2048, 160_000), "swin_tiny"
+    ),
     "maskformer_swin_s_ade20k": lambda: _swin(
-        _resnet_semantic("resnet50", 150, 512, 512, 2048, 160_000), "swin_small"),
+        _resnet_semantic("resnet50", 150, 512, 512, 2048, 160_000), "swin_small"
+    ),
     "maskformer_swin_b_ade20k": lambda: _swin(
-        _resnet_semantic("resnet50", 150, 640, 640, 2560, 160_000), "swin_base"),
+        _resnet_semantic("resnet50", 150, 640, 640, 2560, 160_000), "swin_base"
+    ),
     "maskformer_swin_l_ade20k": lambda: _swin(
-        _resnet_semantic("resnet50", 150, 640, 640, 2560, 160_000), "swin_large"),
+        _resnet_semantic("resnet50", 150, 640, 640, 2560, 160_000), "swin_large"
+    ),
     "maskformer_r50_ade20k_full": lambda: replace(
         _resnet_semantic("resnet50", 847, 512, 512, 2048, 200_000),
-        input=replace(_resnet_semantic("resnet50", 847, 512, 512, 2048, 200_000).input,
-                      ignore_label=65535)),
-    "maskformer_r50_coco_stuff": lambda: _resnet_semantic("resnet50", 171, 640, 640, 2560, 60_000, 32),
+        input=replace(
+            _resnet_semantic("resnet50", 847, 512, 512, 2048, 200_000).input, ignore_label=65535
+        ),
+    ),
+    "maskformer_r50_coco_stuff": lambda: _resnet_semantic(
+        "resnet50", 171, 640, 640, 2560, 60_000, 32
+    ),
     "maskformer_r101_cityscapes": lambda: replace(
         _resnet_semantic("resnet101", 19, 512, 1024, 2048, 90_000),
-        input=InputConfig(min_size_test=1024, max_size_test=2048,
-                          min_size_train=tuple(int(x * 0.1 * 1024) for x in range(5, 21)),
-                          max_size_train=4096, crop_size=(512, 1024))),
+        input=InputConfig(
+            min_size_test=1024,
+            max_size_test=2048,
+            min_size_train=tuple(int(x * 0.1 * 1024) for x in range(5, 21)),
+            max_size_train=4096,
+            crop_size=(512, 1024),
+        ),
+    ),
     "maskformer_r50_ade20k_panoptic": lambda: _ade_panoptic("resnet50"),
     "maskformer_r101_ade20k_panoptic": lambda: _ade_panoptic("resnet101"),
     "maskformer_r50_coco_panoptic": lambda: _coco_panoptic("resnet50"),

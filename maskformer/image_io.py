@@ -72,10 +72,14 @@ def _decode(fp, name: str, max_pixels: int | None) -> np.ndarray:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(fp)
     except Image.DecompressionBombError:
-        raise ImageReadError(f"cannot read image {name}: it is too large to decode safely "
-                             f"(possible decompression bomb)") from None
+        raise ImageReadError(
+            f"cannot read image {name}: it is too large to decode safely "
+            f"(possible decompression bomb)"
+        ) from None
     except UnidentifiedImageError:
-        raise ImageReadError(f"cannot read image {name}: not a recognised image format (or its header is damaged)") from None
+        raise ImageReadError(
+            f"cannot read image {name}: not a recognised image format (or its header is damaged)"
+        ) from None
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageReadError(f"cannot read image {name}: {e}") from None
     with im:
@@ -83,12 +87,14 @@ def _decode(fp, name: str, max_pixels: int | None) -> np.ndarray:
         if max_pixels is not None and w * h > max_pixels:
             raise ImageReadError(
                 f"cannot read image {name}: {w}x{h} = {w * h / 1e6:.1f} MP exceeds the limit of "
-                f"{max_pixels / 1e6:.1f} MP (possible decompression bomb)")
+                f"{max_pixels / 1e6:.1f} MP (possible decompression bomb)"
+            )
         try:
             im.load()
         except (OSError, ValueError, SyntaxError, EOFError) as e:
-            raise ImageReadError(f"cannot read image {name}: the file is truncated or corrupt "
-                                 f"({e})") from None
+            raise ImageReadError(
+                f"cannot read image {name}: the file is truncated or corrupt ({e})"
+            ) from None
         return _pil_to_rgb(im, name)
 
 
@@ -119,8 +125,10 @@ def _array_to_rgb(a: np.ndarray, name: str) -> np.ndarray:
     elif a.ndim == 3 and a.shape[2] == 3:
         a = _to_uint8(a)
     else:
-        raise ImageReadError(f"cannot read image {name}: expected an array of shape (H, W), "
-                             f"(H, W, 1), (H, W, 3) or (H, W, 4), got {tuple(a.shape)}")
+        raise ImageReadError(
+            f"cannot read image {name}: expected an array of shape (H, W), "
+            f"(H, W, 1), (H, W, 3) or (H, W, 4), got {tuple(a.shape)}"
+        )
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise ImageReadError(f"cannot read image {name}: it has no pixels ({tuple(a.shape)})")
     return np.ascontiguousarray(a)

@@ -25,8 +25,16 @@ from maskformer.inference import Prediction
 ROOT = Path(__file__).resolve().parents[1]
 # Real-browser tests: Debian's Chromium driven by Playwright (never `playwright install`)
 CHROMIUM = Path("/usr/bin/chromium")
-BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+BROWSER_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 BROWSER_WAIT = 60_000  # ms: the shared 2-core machine can be slow
 K = 8  # synthetic classes: 0 circle, 1 square, 2 triangle, 3 star, 4 ring | 5 sky, 6 grass, 7 water
 
@@ -55,7 +63,8 @@ def script(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
     top, bottom = ys < 0.5, ys >= 0.5
     disc = (ys - 0.7) ** 2 + (xs - 0.3) ** 2 < 0.12**2
     squares = ((ys > 0.6) & (ys < 0.72) & (xs > 0.6) & (xs < 0.72)) | (
-        (ys > 0.8) & (ys < 0.92) & (xs > 0.8) & (xs < 0.92))
+        (ys > 0.8) & (ys < 0.92) & (xs > 0.8) & (xs < 0.92)
+    )
     tri = (ys > 0.52) & (ys < 0.58) & (xs < 0.3)
     box = (ys > 0.6) & (ys < 0.8) & (xs > 0.2) & (xs < 0.4)  # its corners stick out of the disc
     corner = top & (xs < 0.25)
@@ -78,8 +87,13 @@ class ScriptedPredictor:
     def predict(self, image: np.ndarray) -> Prediction:
         self.calls += 1
         class_logits, mask_logits = script(*image.shape[:2])
-        return Prediction(class_logits=class_logits, mask_logits=mask_logits, image=image,
-                          meta=self.meta, test=self.cfg.test)
+        return Prediction(
+            class_logits=class_logits,
+            mask_logits=mask_logits,
+            image=image,
+            meta=self.meta,
+            test=self.cfg.test,
+        )
 
 
 def png_bytes(h: int = 64, w: int = 64, seed: int = 0) -> bytes:
@@ -119,20 +133,39 @@ class AppServer:
     def __init__(self, checkpoint: Path, workspace: Path, log: Path, *extra: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
-        env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
-               "HF_HUB_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1"}
+        env = {
+            **os.environ,
+            "GRADIO_ANALYTICS_ENABLED": "False",
+            "HF_HUB_OFFLINE": "1",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "OMP_NUM_THREADS": "1",
+        }
         self.log = open(log, "w")  # noqa: SIM115 -- open while the server runs; stop() closes it
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "launch.py"), "--checkpoint", str(checkpoint),
-             "--workspace", str(workspace), "--port", str(self.port), *extra],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                str(ROOT / "launch.py"),
+                "--checkpoint",
+                str(checkpoint),
+                "--workspace",
+                str(workspace),
+                "--port",
+                str(self.port),
+                *extra,
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
 
     def wait(self, timeout: float = 240) -> AppServer:
         end = time.time() + timeout
         while time.time() < end:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the app exited with {self.proc.returncode}; "
-                                   f"see {self.log.name}")
+                raise RuntimeError(
+                    f"the app exited with {self.proc.returncode}; see {self.log.name}"
+                )
             try:
                 with urllib.request.urlopen(self.url, timeout=5) as r:
                     if r.status == 200:
@@ -199,8 +232,13 @@ def browser_page(url: str, height: int):
 
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
-            tempfile.mkdtemp(prefix="mfs-chromium-"), executable_path=str(CHROMIUM), headless=True,
-            args=BROWSER_FLAGS, viewport={"width": 1400, "height": height}, accept_downloads=True)
+            tempfile.mkdtemp(prefix="mfs-chromium-"),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=BROWSER_FLAGS,
+            viewport={"width": 1400, "height": height},
+            accept_downloads=True,
+        )
         try:
             page = context.new_page()
             page.set_default_timeout(BROWSER_WAIT)

@@ -38,8 +38,13 @@ glibc = pytest.mark.skipif(
 
 def _faults_per_step(mode: str) -> tuple[str, float]:
     clean = {k: v for k, v in os.environ.items() if not allocator.is_malloc_variable(k)}
-    out = subprocess.run([sys.executable, "-c", STEPS.format(root=str(ROOT)), mode],
-                         env=clean, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", STEPS.format(root=str(ROOT)), mode],
+        env=clean,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     applied, faults = out.stdout.split()
     return applied, float(faults)
 

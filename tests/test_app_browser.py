@@ -13,8 +13,11 @@ import pytest
 
 from app_helpers import CHROMIUM, browser_page, png_bytes, screenshot_folder, shared_server
 
-pytestmark = [pytest.mark.slow, pytest.mark.browser,
-              pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's /usr/bin/chromium")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's /usr/bin/chromium"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +47,8 @@ def status(page) -> str:
 
 def wait_status(page, pattern: str):
     page.wait_for_function(
-        "([re]) => new RegExp(re).test(document.querySelector('#status').innerText)", arg=[pattern])
+        "([re]) => new RegExp(re).test(document.querySelector('#status').innerText)", arg=[pattern]
+    )
     return status(page)
 
 
@@ -53,7 +57,9 @@ def wait_idle(page, *elem_ids: str):
     for elem_id in elem_ids:
         page.wait_for_function(
             "id => { const t = document.querySelector(`#${id} [data-testid=status-tracker]`);"
-            " return !t || t.classList.contains('hide'); }", arg=elem_id)
+            " return !t || t.classList.contains('hide'); }",
+            arg=elem_id,
+        )
 
 
 def wait_editor(page, text: str, timeout: float | None = None):
@@ -63,7 +69,9 @@ def wait_editor(page, text: str, timeout: float | None = None):
         "t => { const l = document.querySelector('#brush-editor [data-testid=block-label]');"
         " const tr = document.querySelector('#brush-editor [data-testid=status-tracker]');"
         " return l && l.innerText.includes(t) && (!tr || tr.classList.contains('hide')); }",
-        arg=text, timeout=timeout)
+        arg=text,
+        timeout=timeout,
+    )
 
 
 def segment_count(page) -> int:
@@ -76,8 +84,10 @@ def choose(page, elem_id: str, text: str):
     page.get_by_role("option").filter(has_text=text).first.click()
 
 
-ROWS_JS = ("id => Array.from(document.querySelectorAll(`#${id} [role=row].virtual-row`)).map("
-           "r => Array.from(r.querySelectorAll('[role=gridcell]')).map(c => c.innerText.trim()))")
+ROWS_JS = (
+    "id => Array.from(document.querySelectorAll(`#${id} [role=row].virtual-row`)).map("
+    "r => Array.from(r.querySelectorAll('[role=gridcell]')).map(c => c.innerText.trim()))"
+)
 
 
 def table_rows(page, elem_id: str) -> list[list[str]]:
@@ -86,9 +96,11 @@ def table_rows(page, elem_id: str) -> list[list[str]]:
 
 def wait_first_area(page, condition: str):
     """Wait until the first segment's area (table column 3) satisfies ``condition`` (JS, on a)."""
-    page.wait_for_function(f"() => {{ const rows = ({ROWS_JS})('segments-table'); "
-                           f"if (!rows.length) return false; const a = parseInt(rows[0][3]); "
-                           f"return {condition}; }}")
+    page.wait_for_function(
+        f"() => {{ const rows = ({ROWS_JS})('segments-table'); "
+        f"if (!rows.length) return false; const a = parseInt(rows[0][3]); "
+        f"return {condition}; }}"
+    )
 
 
 def editor_canvas(page) -> dict:
@@ -132,15 +144,17 @@ def test_user_journey(page, shots, tmp_path):
     # the query gallery: 20 thumbnails; open one
     page.wait_for_function("document.querySelectorAll('#query-gallery img').length === 20")
     page.locator("#query-gallery button.thumbnail-item").first.click()
-    page.wait_for_function("/query \\d+: mask area/.test(document.querySelector('#query-info')"
-                           ".innerText)")
+    page.wait_for_function(
+        "/query \\d+: mask area/.test(document.querySelector('#query-info').innerText)"
+    )
     page.wait_for_selector("#query-heatmap img")
     shot(page, shots, "04-query")
 
     # click a pixel of the original: the probe lists the queries claiming it
     page.locator("#original img").click()  # the centre of the picture
-    page.wait_for_function("/pixel \\(\\d+, \\d+\\)/.test(document.querySelector('#probe-info')"
-                           ".innerText)")
+    page.wait_for_function(
+        "/pixel \\(\\d+, \\d+\\)/.test(document.querySelector('#probe-info').innerText)"
+    )
     shot(page, shots, "05-probe")
 
     # relabel segment 1 to a new class, delete segment 2
@@ -199,8 +213,9 @@ def test_user_journey(page, shots, tmp_path):
     page.click("#save-btn")
     wait_status(page, "saved")
     page.get_by_role("tab", name="Workspace").click()
-    page.wait_for_function("document.querySelector('#workspace-table').innerText"
-                           ".includes('corrected')")
+    page.wait_for_function(
+        "document.querySelector('#workspace-table').innerText.includes('corrected')"
+    )
     row = next(r for r in table_rows(page, "workspace-table") if r[1] == "browser.png")
     assert row[3] == "corrected" and "kite x1" in row[4]
     shot(page, shots, "11-workspace")
@@ -235,6 +250,7 @@ def test_bad_file_shows_a_warning(page, shots, tmp_path):
     # read the toast as soon as it shows: it closes itself after a few seconds
     text = page.wait_for_function(
         "() => Array.from(document.querySelectorAll('.toast-body')).map(e => e.innerText)"
-        ".find(t => t.includes('empty.png')) || false").json_value()
+        ".find(t => t.includes('empty.png')) || false"
+    ).json_value()
     shot(page, shots, "13-bad-file-warning")
     assert "Warning" in text and "the data is empty" in text and status(page) == before

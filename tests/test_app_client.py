@@ -17,8 +17,21 @@ from maskformer.inference import Predictor
 
 pytestmark = pytest.mark.slow
 
-OPEN_OUT = ["panoptic", "segments", "segment_dd", "merge_dd", "class_dd", "editor", "status",
-            "original", "semantic", "instances", "gallery", "dropped_dd", "tabs"]
+OPEN_OUT = [
+    "panoptic",
+    "segments",
+    "segment_dd",
+    "merge_dd",
+    "class_dd",
+    "editor",
+    "status",
+    "original",
+    "semantic",
+    "instances",
+    "gallery",
+    "dropped_dd",
+    "tabs",
+]
 EDIT_OUT = OPEN_OUT[:7]
 
 
@@ -49,17 +62,42 @@ def call(c: Client, api: str, *args, names=None):
 def test_launch_without_checkpoint_says_how_to_make_one(tmp_path):
     demo = ROOT / "checkpoints" / "demo.safetensors"
     args = [] if not demo.exists() else ["--checkpoint", str(tmp_path / "missing.safetensors")]
-    r = subprocess.run([sys.executable, str(ROOT / "launch.py"), "--workspace", str(tmp_path),
-                        *args], capture_output=True, text=True, timeout=60, check=False)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "launch.py"), "--workspace", str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--checkpoint PATH" in r.stderr
 
 
 def test_named_endpoints(server):
     api = client(server).view_api(return_format="dict", print_info=False)["named_endpoints"]
-    expected = {"/open_upload", "/open_example", "/open_image", "/remerge", "/gallery",
-                "/query_detail", "/probe", "/select_segment", "/relabel", "/swap_class",
-                "/delete", "/split", "/merge", "/accept_query", "/apply_brush", "/undo", "/redo",
-                "/reset", "/save", "/list_images", "/import", "/export"}
+    expected = {
+        "/open_upload",
+        "/open_example",
+        "/open_image",
+        "/remerge",
+        "/gallery",
+        "/query_detail",
+        "/probe",
+        "/select_segment",
+        "/relabel",
+        "/swap_class",
+        "/delete",
+        "/split",
+        "/merge",
+        "/accept_query",
+        "/apply_brush",
+        "/undo",
+        "/redo",
+        "/reset",
+        "/save",
+        "/list_images",
+        "/import",
+        "/export",
+    }
     assert expected <= set(api)
 
 
@@ -85,7 +123,8 @@ def test_inspect_correct_save_export(server, tmp_path):
     (_heat, top5, info, q), _ = call(c, "/query_detail", 3)
     assert q == 3 and f"mask area {int(pred.mask_areas[3])} px" in info
     assert top5["confidences"][0]["confidence"] == pytest.approx(
-        float(pred.class_probs[3].max()), abs=1e-4)
+        float(pred.class_probs[3].max()), abs=1e-4
+    )
 
     (_text, table, x, y), _ = call(c, "/probe", 10, 20)
     claim = (pred.mask_probs[:, 20, 10] >= 0.5).nonzero()[:, 0].tolist()
@@ -130,10 +169,13 @@ def test_sessions_are_separate(server, tmp_path):
     assert len(out["segments"]["data"]) == n - 1
 
 
-@pytest.mark.parametrize("data, match", [
-    (b"", "empty"),
-    (b"\x89PNG\r\n\x1a\n but broken", "cannot read image"),
-])
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (b"", "empty"),
+        (b"\x89PNG\r\n\x1a\n but broken", "cannot read image"),
+    ],
+)
 def test_bad_upload_warns_and_server_keeps_serving(server, tmp_path, data, match):
     c = client(server)
     before, _ = call(c, "/list_images")

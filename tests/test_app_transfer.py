@@ -28,13 +28,15 @@ def _sample(i: int) -> Sample:
     ys, xs = np.mgrid[0:48, 0:64]
     m[(ys - 30) ** 2 + (xs - 15 - i) ** 2 < 36] = 3
     m[5:12, 40:50] = 4
-    m[35:44, 45 + i:55 + i] = 5
+    m[35:44, 45 + i : 55 + i] = 5
     m[0, 0] = 0  # one void pixel
-    segs = [{"id": 1, "category_id": 5, "iscrowd": 0, "isthing": False},
-            {"id": 2, "category_id": 6, "iscrowd": 0, "isthing": False},
-            {"id": 3, "category_id": 0, "iscrowd": 0, "isthing": True},
-            {"id": 4, "category_id": 1, "iscrowd": 0, "isthing": True},
-            {"id": 5, "category_id": 1, "iscrowd": 0, "isthing": True}]
+    segs = [
+        {"id": 1, "category_id": 5, "iscrowd": 0, "isthing": False},
+        {"id": 2, "category_id": 6, "iscrowd": 0, "isthing": False},
+        {"id": 3, "category_id": 0, "iscrowd": 0, "isthing": True},
+        {"id": 4, "category_id": 1, "iscrowd": 0, "isthing": True},
+        {"id": 5, "category_id": 1, "iscrowd": 0, "isthing": True},
+    ]
     return Sample(image, m, segs, i + 1, f"img_{i}.png")
 
 
@@ -106,13 +108,20 @@ def _break(coco, edit):
     (coco / "panoptic.json").write_text(json.dumps(data))
 
 
-@pytest.mark.parametrize("damage, match", [
-    (lambda c: (c / "panoptic.json").write_text('{"images": ['), "invalid JSON"),
-    (lambda c: _break(c, lambda d: d["annotations"][1]["segments_info"][0].update(
-        category_id=99)), "99"),
-    (lambda c: (c / "panoptic" / "img_2.png").unlink(), "img_2.png"),
-    (lambda c: (c / "images" / "img_1.png").write_bytes(b"garbage"), "img_1.png"),
-])
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        (lambda c: (c / "panoptic.json").write_text('{"images": ['), "invalid JSON"),
+        (
+            lambda c: _break(
+                c, lambda d: d["annotations"][1]["segments_info"][0].update(category_id=99)
+            ),
+            "99",
+        ),
+        (lambda c: (c / "panoptic" / "img_2.png").unlink(), "img_2.png"),
+        (lambda c: (c / "images" / "img_1.png").write_bytes(b"garbage"), "img_1.png"),
+    ],
+)
 def test_broken_coco_leaves_workspace_unchanged(ws, coco, damage, match):
     damage(coco)
     cats = ws.categories()
@@ -144,9 +153,11 @@ def test_export_panoptic_reads_back_identically(ws, coco, tmp_path):
         np.testing.assert_array_equal(sample.id_map, id_map)  # exact pixels, same segment ids
         names = _names(ws)
         assert {s["id"]: ds.meta.class_names[s["category_id"]] for s in sample.segments} == {
-            s["id"]: names[s["category_id"]] for s in segs}
+            s["id"]: names[s["category_id"]] for s in segs
+        }
         assert {s["id"]: s["isthing"] for s in sample.segments} == {
-            s["id"]: bool(s["isthing"]) for s in segs}
+            s["id"]: bool(s["isthing"]) for s in segs
+        }
         np.testing.assert_array_equal(sample.image, ws.load_image(rec.id))
     with pytest.raises(UserError, match="not an empty folder"):
         transfer.export(ws, "coco-panoptic", out)
@@ -169,8 +180,10 @@ def test_export_instances_masks_decode_exactly(ws, coco, tmp_path):
         n_things += len(things)
         assert len(anns) == len(things)
         for a, s in zip(anns, things):  # pycocotools, not our decoder
-            rle = {"size": a["segmentation"]["size"],
-                   "counts": a["segmentation"]["counts"].encode()}
+            rle = {
+                "size": a["segmentation"]["size"],
+                "counts": a["segmentation"]["counts"].encode(),
+            }
             np.testing.assert_array_equal(mask_utils.decode(rle).astype(bool), id_map == s["id"])
             assert cats[a["category_id"]]["name"] == names[s["category_id"]]
             assert a["area"] == int((id_map == s["id"]).sum())
@@ -179,10 +192,13 @@ def test_export_instances_masks_decode_exactly(ws, coco, tmp_path):
     for rec, i in zip(ws.list_images(), range(3)):
         id_map, segs, _ = ws.load_annotation(rec.id)
         sample = ds.load(i)
-        got = sorted((ds.meta.class_names[s["category_id"]], (sample.id_map == s["id"]).tobytes())
-                     for s in sample.segments)
-        want = sorted((names[s["category_id"]], (id_map == s["id"]).tobytes())
-                      for s in segs if s["isthing"])
+        got = sorted(
+            (ds.meta.class_names[s["category_id"]], (sample.id_map == s["id"]).tobytes())
+            for s in sample.segments
+        )
+        want = sorted(
+            (names[s["category_id"]], (id_map == s["id"]).tobytes()) for s in segs if s["isthing"]
+        )
         assert got == want
 
 
@@ -206,14 +222,28 @@ def test_cli_import_export(coco, tmp_path, capsys):
     assert cli(["import", "--workspace", str(wsdir), str(coco)]) == 0
     assert "imported 3 new image(s)" in capsys.readouterr().out
     out = tmp_path / "cli-out"
-    assert cli(["export", "--workspace", str(wsdir), "--format", "coco-panoptic",
-                "--out", str(out)]) == 0
+    assert (
+        cli(["export", "--workspace", str(wsdir), "--format", "coco-panoptic", "--out", str(out)])
+        == 0
+    )
     assert len(open_dataset(out)) == 3
     assert cli(["import", "--workspace", str(wsdir), str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no such file" in err and err.count("\n") == 1
-    assert cli(["export", "--workspace", str(tmp_path / "nope"), "--format", "coco-instances",
-                "--out", str(tmp_path / "o2")]) == 2
+    assert (
+        cli(
+            [
+                "export",
+                "--workspace",
+                str(tmp_path / "nope"),
+                "--format",
+                "coco-instances",
+                "--out",
+                str(tmp_path / "o2"),
+            ]
+        )
+        == 2
+    )
     assert "not a workspace" in capsys.readouterr().err
 
 
@@ -242,5 +272,6 @@ def test_datumaro_reads_our_export(ws, coco, tmp_path):
             want = [s for s in segs if task == "panoptic" or s["isthing"]]
             assert len(masks) == len(want)
             got = sorted((labels[m.label].name, m.image.astype(bool).tobytes()) for m in masks)
-            assert got == sorted((names[s["category_id"]], (id_map == s["id"]).tobytes())
-                                 for s in want)
+            assert got == sorted(
+                (names[s["category_id"]], (id_map == s["id"]).tobytes()) for s in want
+            )

@@ -51,8 +51,11 @@ def test_open_upload_predicts_and_stores(opened):
     assert rec.status == "predicted" and rec.name == "photo.png"
     # the annotation is the engine's merge, classes mapped to workspace categories
     assert [(g["query"], g["category_id"]) for g in s.annotation.segments] == [
-        (0, _cat(ctx, "sky")), (1, _cat(ctx, "circle")), (2, _cat(ctx, "square")),
-        (5, _cat(ctx, "grass"))]
+        (0, _cat(ctx, "sky")),
+        (1, _cat(ctx, "circle")),
+        (2, _cat(ctx, "square")),
+        (5, _cat(ctx, "grass")),
+    ]
     np.testing.assert_array_equal(s.annotation.id_map, s.merged.panoptic_seg.numpy())
     stored, segs, source = ctx.workspace.load_annotation(s.image_id)
     np.testing.assert_array_equal(stored, s.annotation.id_map)
@@ -70,9 +73,15 @@ def test_open_example_and_workspace_image(ctx):
         cb.open_example(ctx, s, "nope.png", *THR)
 
 
-@pytest.mark.parametrize("data, match", [
-    (b"", "empty"), (b"GIF89a broken", "cannot read|not an image"),
-    (png_bytes()[:80], "truncated|corrupt|cannot read"), (bomb_png(), "decompression bomb")])
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (b"", "empty"),
+        (b"GIF89a broken", "cannot read|not an image"),
+        (png_bytes()[:80], "truncated|corrupt|cannot read"),
+        (bomb_png(), "decompression bomb"),
+    ],
+)
 def test_bad_upload_changes_nothing(opened, tmp_path, data, match):
     ctx, s = opened
     before = (ctx.workspace.list_images(), s.image_id, s.annotation)
@@ -90,9 +99,13 @@ def test_remerge_uses_cached_outputs_and_matches_engine(opened):
     calls = ctx.predictor.calls
     cb.remerge(ctx, s, 0.55, 0.0)
     assert ctx.predictor.calls == calls  # no model run
-    fresh = panoptic_inference(s.prediction.class_logits, s.prediction.mask_logits,
-                               thing_ids=ctx.meta.thing_ids, object_mask_threshold=0.55,
-                               overlap_threshold=0.0)  # from the logits, no cache
+    fresh = panoptic_inference(
+        s.prediction.class_logits,
+        s.prediction.mask_logits,
+        thing_ids=ctx.meta.thing_ids,
+        object_mask_threshold=0.55,
+        overlap_threshold=0.0,
+    )  # from the logits, no cache
     np.testing.assert_array_equal(s.annotation.id_map, fresh.panoptic_seg.numpy())
     assert [g["query"] for g in s.annotation.segments] == [g["query"] for g in fresh.segments]
     assert [g["query"] for g in s.annotation.segments] == [0, 1, 2, 5, 6]  # the star survives
@@ -277,7 +290,7 @@ def test_brush_on_big_image_is_cropped_and_mapped_back(ctx):
     old = s.annotation.mask(2)
     cb.apply_brush(ctx, s, {"layers": [add]}, None)
     expected = old.copy()
-    expected[y0:y0 + 3, x0:x0 + 5] = True
+    expected[y0 : y0 + 3, x0 : x0 + 5] = True
     np.testing.assert_array_equal(s.annotation.mask(2), expected)
 
 
@@ -291,8 +304,10 @@ def test_views_render(opened):
     assert {label for _, label in sem} <= set(ctx.meta.class_names)
     assert views.instance_view(ctx.meta, s).shape == (64, 64, 3)
     assert views.segment_rows(ctx.workspace, s)[1] == [2, "circle", "thing", 183, 1, 0.95]
-    assert views.dropped_choices(ctx.meta, s) == [("q3 triangle 0.60 (below-threshold)", 3),
-                                                  ("q6 star 0.85 (overlap)", 6)]
+    assert views.dropped_choices(ctx.meta, s) == [
+        ("q3 triangle 0.60 (below-threshold)", 3),
+        ("q6 star 0.85 (overlap)", 6),
+    ]
     assert "4 segments" in views.status_line(ctx.workspace, s)
     rows = views.workspace_rows(ctx.workspace)
     assert rows[0][:4] == [s.image_id, "photo.png", "64x64", "predicted"]

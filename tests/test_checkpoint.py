@@ -28,8 +28,13 @@ QUERY = "predictor.query_embed.weight"
 def saved(tmp_path, tiny_cfg):
     model = build_model(tiny_cfg.model).eval()
     meta = replace(generic_meta(tiny_cfg.model.num_classes, thing_ids=(1, 3)), name="toy")
-    path = save_checkpoint(tmp_path / "ckpt" / "m.safetensors", model, tiny_cfg, meta,
-                           extra={"step": 12, "note": "unit test"})
+    path = save_checkpoint(
+        tmp_path / "ckpt" / "m.safetensors",
+        model,
+        tiny_cfg,
+        meta,
+        extra={"step": 12, "note": "unit test"},
+    )
     return path, model, tiny_cfg, meta
 
 
@@ -185,8 +190,16 @@ def test_bad_header_values(tmp_path, tiny_cfg):
     save_file(t, str(path), metadata={"format": "maskformer-studio", "format_version": "99"})
     with pytest.raises(CheckpointError, match="format_version"):
         load_checkpoint(path)
-    save_file(t, str(path), metadata={"format": "maskformer-studio", "format_version": "1",
-                                      "config": "{", "meta": "{}"})
+    save_file(
+        t,
+        str(path),
+        metadata={
+            "format": "maskformer-studio",
+            "format_version": "1",
+            "config": "{",
+            "meta": "{}",
+        },
+    )
     with pytest.raises(CheckpointError, match="broken config"):
         load_checkpoint(path)
     save_checkpoint(path, t, tiny_cfg, generic_meta(5))  # config says K=8
@@ -198,8 +211,15 @@ def test_bad_header_values(tmp_path, tiny_cfg):
 # shipped metadata
 
 
-@pytest.mark.parametrize("name,k,things", [("ade20k_150", 150, 100), ("coco_panoptic_133", 133, 80),
-                                           ("coco_stuff_171", 171, 80), ("cityscapes_19", 19, 8)])
+@pytest.mark.parametrize(
+    "name,k,things",
+    [
+        ("ade20k_150", 150, 100),
+        ("coco_panoptic_133", 133, 80),
+        ("coco_stuff_171", 171, 80),
+        ("cityscapes_19", 19, 8),
+    ],
+)
 def test_shipped_metadata(name, k, things):
     meta = get_metadata(name)
     assert name in available_metadata() and meta.name == name

@@ -33,14 +33,18 @@ def test_official_values():
 
 
 def test_overrides_typed():
-    cfg = apply_overrides(get_preset("maskformer_tiny"), ["model.num_queries=50", "input.crop_size=64,96",
-                                                         "solver.amp=true", "solver.base_lr=1e-3"])
+    cfg = apply_overrides(
+        get_preset("maskformer_tiny"),
+        ["model.num_queries=50", "input.crop_size=64,96", "solver.amp=true", "solver.base_lr=1e-3"],
+    )
     assert cfg.model.num_queries == 50 and cfg.input.crop_size == (64, 96)
     assert cfg.solver.amp is True and cfg.solver.base_lr == 1e-3
 
 
-@pytest.mark.parametrize("bad", ["model.nope=1", "model.num_queries=abc", "solver.amp=maybe", "x.y=1",
-                                 "model.num_queries"])
+@pytest.mark.parametrize(
+    "bad",
+    ["model.nope=1", "model.num_queries=abc", "solver.amp=maybe", "x.y=1", "model.num_queries"],
+)
 def test_bad_overrides(bad):
     with pytest.raises(ConfigError):
         apply_overrides(get_preset("maskformer_tiny"), [bad])

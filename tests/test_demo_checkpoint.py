@@ -26,7 +26,10 @@ def test_demo_is_small_and_self_describing():
     ckpt = load_checkpoint(DEMO)
     meta = synthetic_meta()
     assert (ckpt.meta.class_names, ckpt.meta.isthing, ckpt.meta.colors) == (
-        meta.class_names, meta.isthing, meta.colors)
+        meta.class_names,
+        meta.isthing,
+        meta.colors,
+    )
     # made by the shipped recipe: the preset's network, data pipeline, post-processing and solver
     # (loss weights, schedule), so the preset and checkpoints/README.md cannot drift from the file
     assert ckpt.cfg == get_preset("maskformer_demo")
@@ -35,8 +38,9 @@ def test_demo_is_small_and_self_describing():
 def test_demo_segments_fresh_synthetic_images(tmp_path):
     data = write_synthetic_dataset(tmp_path / "fresh", 24, seed=777, size=128)
     predictor = Predictor(DEMO, device="cpu")
-    result = evaluate_model(predictor, open_dataset(data), tasks=("panoptic", "semantic"),
-                            progress=False)
+    result = evaluate_model(
+        predictor, open_dataset(data), tasks=("panoptic", "semantic"), progress=False
+    )
     print(f"\ndemo on 24 fresh images: PQ {result['PQ']:.1f}, mIoU {result['mIoU']:.1f}")
     # measured when it was shipped: PQ 80.4, mIoU 84.9 (checkpoints/README.md); the floors leave
     # room for other CPUs' rounding, not for a worse model (the model before it: 72.2 / 86.7)

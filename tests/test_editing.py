@@ -14,9 +14,11 @@ def _ann():
     m[0:2, 5:8] = 2
     m[5:8, 5:8] = 2
     m[3, 6] = 5
-    segs = [{"id": 1, "category_id": 10, "isthing": False, "query": 0, "score": 0.9},
-            {"id": 2, "category_id": 11, "isthing": True, "query": 3, "score": 0.8},
-            {"id": 5, "category_id": 11, "isthing": True, "query": None, "score": None}]
+    segs = [
+        {"id": 1, "category_id": 10, "isthing": False, "query": 0, "score": 0.9},
+        {"id": 2, "category_id": 11, "isthing": True, "query": 3, "score": 0.8},
+        {"id": 5, "category_id": 11, "isthing": True, "query": None, "score": None},
+    ]
     return editing.make_annotation(m, segs)
 
 
@@ -26,8 +28,9 @@ def _areas(ann):
 
 def test_make_annotation_areas_and_stray_ids():
     m = np.array([[1, 1, 7], [0, 2, 2]])
-    ann = editing.make_annotation(m, [{"id": 1, "category_id": 3}, {"id": 2, "category_id": 3},
-                                      {"id": 9, "category_id": 3}])
+    ann = editing.make_annotation(
+        m, [{"id": 1, "category_id": 3}, {"id": 2, "category_id": 3}, {"id": 9, "category_id": 3}]
+    )
     assert ann.id_map.dtype == np.int32
     assert ann.id_map[0, 2] == 0  # id 7 has no segment entry -> void
     assert _areas(ann) == {1: 2, 2: 2}  # id 9 has no pixels -> dropped

@@ -16,8 +16,13 @@ from maskformer.errors import DatasetError
 from maskformer.evaluation import evaluate_model, evaluate_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
-META = DatasetMeta(class_names=("sky", "box", "disc"), isthing=(False, True, True),
-                   colors=default_colors(3), dataset_ids=(7, 11, 12), name="tiny")
+META = DatasetMeta(
+    class_names=("sky", "box", "disc"),
+    isthing=(False, True, True),
+    colors=default_colors(3),
+    dataset_ids=(7, 11, 12),
+    name="tiny",
+)
 PQ_KEYS = ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st")
 SEM_KEYS = ("mIoU", "fwIoU", "mAcc", "pAcc")
 AP_KEYS = ("AP", "AP50", "AP75")
@@ -66,8 +71,12 @@ def _oracle_prediction(sample, meta, predicted_meta=None):
         class_logits[j] = -10.0
         class_logits[j, s["category_id"]] = 10.0
         mask_logits[j][torch.from_numpy(sample.id_map == s["id"])] = 10.0
-    return Prediction(class_logits=class_logits, mask_logits=mask_logits, image=sample.image,
-                      meta=predicted_meta or meta)
+    return Prediction(
+        class_logits=class_logits,
+        mask_logits=mask_logits,
+        image=sample.image,
+        meta=predicted_meta or meta,
+    )
 
 
 class OraclePredictor:
@@ -218,13 +227,15 @@ def test_cli_scores_a_random_tiny_checkpoint_on_synthetic_data(tmp_path, tiny_cf
     data = tmp_path / "synth"
     assert _cli(capsys, "synth", "--out", data, "--num-images", 3, "--size", 64)[0] == 0
     ds = open_dataset(data)
-    cfg = dataclasses.replace(tiny_cfg, model=dataclasses.replace(
-        tiny_cfg.model, num_classes=ds.meta.num_classes))
+    cfg = dataclasses.replace(
+        tiny_cfg, model=dataclasses.replace(tiny_cfg.model, num_classes=ds.meta.num_classes)
+    )
     ckpt = tmp_path / "random.safetensors"
     save_checkpoint(ckpt, build_model(cfg.model), cfg, ds.meta)
     out = tmp_path / "report" / "eval.json"
-    code, stdout, err = _cli(capsys, "evaluate", "--checkpoint", ckpt, "--data", data, "--out", out,
-                             "--no-progress")
+    code, stdout, err = _cli(
+        capsys, "evaluate", "--checkpoint", ckpt, "--data", data, "--out", out, "--no-progress"
+    )
     assert code == 0, err
     result = json.loads(stdout)  # exactly one JSON object on stdout
     for key in PQ_KEYS + SEM_KEYS + AP_KEYS:
@@ -235,21 +246,54 @@ def test_cli_scores_a_random_tiny_checkpoint_on_synthetic_data(tmp_path, tiny_cf
     assert report["metrics"] == result
     assert set(report["per_class"]) == {"panoptic", "semantic", "instance"}
     assert len(report["per_class"]["semantic"]) == ds.meta.num_classes
-    code, stdout, _ = _cli(capsys, "evaluate", "--checkpoint", ckpt, "--data", data, "--task",
-                           "semantic", "--max-images", 1, "--no-progress")
+    code, stdout, _ = _cli(
+        capsys,
+        "evaluate",
+        "--checkpoint",
+        ckpt,
+        "--data",
+        data,
+        "--task",
+        "semantic",
+        "--max-images",
+        1,
+        "--no-progress",
+    )
     result = json.loads(stdout)
     assert code == 0 and result["num_images"] == 1 and "mIoU" in result and "PQ" not in result
 
     # `predict` files scored with --predictions give the same counts as scoring the checkpoint
     for task in ("panoptic", "instance"):
-        code, _, err = _cli(capsys, "predict", "--checkpoint", ckpt, data / "images", "--task",
-                            task, "--out", tmp_path / task, "--no-overlay", "--no-progress")
+        code, _, err = _cli(
+            capsys,
+            "predict",
+            "--checkpoint",
+            ckpt,
+            data / "images",
+            "--task",
+            task,
+            "--out",
+            tmp_path / task,
+            "--no-overlay",
+            "--no-progress",
+        )
         assert code == 0, err
     pan = evaluate_predictions(tmp_path / "panoptic" / "panoptic.json", data)
     assert pan["per_class"]["panoptic"] == report["per_class"]["panoptic"]
     assert sum(row["FP"] + row["FN"] for row in pan["per_class"]["panoptic"]) > 0
-    code, _, err = _cli(capsys, "predict", "--checkpoint", ckpt, data / "images", "--task",
-                        "semantic", "--out", tmp_path / "semantic", "--no-overlay", "--no-progress")
+    code, _, err = _cli(
+        capsys,
+        "predict",
+        "--checkpoint",
+        ckpt,
+        data / "images",
+        "--task",
+        "semantic",
+        "--out",
+        tmp_path / "semantic",
+        "--no-overlay",
+        "--no-progress",
+    )
     assert code == 0, err
     sem = evaluate_predictions(tmp_path / "semantic" / "semantic", data)
     assert sem["per_class"]["semantic"] == report["per_class"]["semantic"]
@@ -259,25 +303,41 @@ def test_cli_scores_a_random_tiny_checkpoint_on_synthetic_data(tmp_path, tiny_cf
 
 
 def test_cli_predictions_mode(dataset_dir, tmp_path, capsys):
-    code, out, err = _cli(capsys, "evaluate", "--predictions", dataset_dir / "panoptic.json",
-                          "--data", dataset_dir)
+    code, out, err = _cli(
+        capsys, "evaluate", "--predictions", dataset_dir / "panoptic.json", "--data", dataset_dir
+    )
     assert code == 0, err
     result = json.loads(out)
     assert result["PQ"] == pytest.approx(100.0) and result["num_images"] == 3
-    code, out, err = _cli(capsys, "evaluate", "--predictions", dataset_dir / "instances.json",
-                          "--data", dataset_dir, "--out", tmp_path / "ap.json")
+    code, out, err = _cli(
+        capsys,
+        "evaluate",
+        "--predictions",
+        dataset_dir / "instances.json",
+        "--data",
+        dataset_dir,
+        "--out",
+        tmp_path / "ap.json",
+    )
     assert code == 0, err
     assert json.loads(out)["AP"] == pytest.approx(100.0)
     assert "instance" in json.loads((tmp_path / "ap.json").read_text())["per_class"]
 
 
 def test_cli_errors_are_one_line(dataset_dir, tmp_path, capsys):
-    code, out, err = _cli(capsys, "evaluate", "--predictions", tmp_path / "missing.json",
-                          "--data", dataset_dir)
+    code, out, err = _cli(
+        capsys, "evaluate", "--predictions", tmp_path / "missing.json", "--data", dataset_dir
+    )
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and "missing.json" in err
-    code, out, err = _cli(capsys, "evaluate", "--checkpoint", tmp_path / "missing.safetensors",
-                          "--data", tmp_path / "no_such_dataset")
+    code, out, err = _cli(
+        capsys,
+        "evaluate",
+        "--checkpoint",
+        tmp_path / "missing.safetensors",
+        "--data",
+        tmp_path / "no_such_dataset",
+    )
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
     with pytest.raises(SystemExit):  # argparse: neither --checkpoint nor --predictions
         _cli(capsys, "evaluate", "--data", dataset_dir)
@@ -285,8 +345,21 @@ def test_cli_errors_are_one_line(dataset_dir, tmp_path, capsys):
 
 def test_python_m_entry_point_prints_one_json_object(dataset_dir):
     proc = subprocess.run(
-        [sys.executable, "-m", "maskformer", "evaluate", "--predictions",
-         str(dataset_dir / "panoptic.json"), "--data", str(dataset_dir)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+        [
+            sys.executable,
+            "-m",
+            "maskformer",
+            "evaluate",
+            "--predictions",
+            str(dataset_dir / "panoptic.json"),
+            "--data",
+            str(dataset_dir),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["PQ"] == pytest.approx(100.0)

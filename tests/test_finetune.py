@@ -67,8 +67,10 @@ def _relabel(ws: Workspace, old: str, new_name: str, n: int) -> None:
     old_id = ws.category_by_name(old).id
     for rec in ws.list_images()[:n]:
         id_map, segs, _ = ws.load_annotation(rec.id)
-        segs = [{**s, "category_id": new.id if s["category_id"] == old_id else s["category_id"]}
-                for s in segs]
+        segs = [
+            {**s, "category_id": new.id if s["category_id"] == old_id else s["category_id"]}
+            for s in segs
+        ]
         ws.save_annotation(rec.id, id_map, segs)
 
 
@@ -124,9 +126,11 @@ def test_training_classes_follow_the_model_not_the_workspace_order(tmp_path, syn
     ws = Workspace(tmp_path / "ws")
     ws.add_category("zebra")  # created before the model's classes: workspace id 1
     transfer.import_source(ws, synth)
-    base = DatasetMeta(class_names=tuple(reversed(synthetic_meta().class_names)),
-                       isthing=tuple(reversed(synthetic_meta().isthing)),
-                       colors=tuple(reversed(synthetic_meta().colors)))
+    base = DatasetMeta(
+        class_names=tuple(reversed(synthetic_meta().class_names)),
+        isthing=tuple(reversed(synthetic_meta().isthing)),
+        colors=tuple(reversed(synthetic_meta().colors)),
+    )
     cats = training_categories(ws, base, ws.list_images())
     assert [c.name for c in cats] == list(base.class_names)  # zebra is unused
 
@@ -159,8 +163,11 @@ def test_export_maps_workspace_categories_to_training_ids(tmp_path, ws):
 def test_before_model_is_the_base_model_with_new_classes_disabled(tmp_path):
     ck = tiny_checkpoint(tmp_path / "base.safetensors")  # K = 8
     base = synthetic_meta()
-    meta9 = DatasetMeta(class_names=base.class_names + ("lake",), isthing=base.isthing + (False,),
-                        colors=base.colors + ((1, 2, 3),))
+    meta9 = DatasetMeta(
+        class_names=base.class_names + ("lake",),
+        isthing=base.isthing + (False,),
+        colors=base.colors + ((1, 2, 3),),
+    )
     image = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
     old = Predictor(ck, device="cpu").predict(image)
     new = base_predictor(str(ck), meta9, "cpu").predict(image)
@@ -175,14 +182,30 @@ def test_before_model_is_the_base_model_with_new_classes_disabled(tmp_path):
 def test_train_command_resumes_from_the_base(tmp_path):
     from app.finetune import FinetuneSpec, schedule
 
-    spec = FinetuneSpec(workspace="w", job_dir=str(tmp_path), base_checkpoint="b.safetensors",
-                        base_version=1, train_images=[1], heldout_images=[2], category_ids=[1],
-                        base_classes=1, iters=150, batch=4, lr=None, device="cpu",
-                        **schedule(150))
+    spec = FinetuneSpec(
+        workspace="w",
+        job_dir=str(tmp_path),
+        base_checkpoint="b.safetensors",
+        base_version=1,
+        train_images=[1],
+        heldout_images=[2],
+        category_ids=[1],
+        base_classes=1,
+        iters=150,
+        batch=4,
+        lr=None,
+        device="cpu",
+        **schedule(150),
+    )
     cmd = train_command(spec, tmp_path / "train")
     assert cmd[1:4] == ["-m", "maskformer", "train"]
-    for flag, value in [("--init", "b.safetensors"), ("--iters", "150"), ("--batch", "4"),
-                        ("--device", "cpu"), ("--out", str(tmp_path / "run"))]:
+    for flag, value in [
+        ("--init", "b.safetensors"),
+        ("--iters", "150"),
+        ("--batch", "4"),
+        ("--device", "cpu"),
+        ("--out", str(tmp_path / "run")),
+    ]:
         assert cmd[cmd.index(flag) + 1] == value
     assert "--resume" in cmd and "--lr" not in cmd
     assert "--solver.log_period=10" in cmd
@@ -197,20 +220,34 @@ def test_register_is_idempotent(tmp_path):
 
     ws = Workspace(tmp_path / "ws")
     final = tiny_checkpoint(tmp_path / "final.safetensors")
-    spec = FinetuneSpec(workspace=str(ws.root), job_dir=str(ws.root / "finetune" / "job1"),
-                        base_checkpoint="b.safetensors", base_version=None, train_images=[1],
-                        heldout_images=[2], category_ids=[1], base_classes=1, iters=10, batch=2,
-                        lr=None, device="cpu", **schedule(10))
+    spec = FinetuneSpec(
+        workspace=str(ws.root),
+        job_dir=str(ws.root / "finetune" / "job1"),
+        base_checkpoint="b.safetensors",
+        base_version=None,
+        train_images=[1],
+        heldout_images=[2],
+        category_ids=[1],
+        base_classes=1,
+        iters=10,
+        batch=2,
+        lr=None,
+        device="cpu",
+        **schedule(10),
+    )
     first = register(ws, spec, final, {"PQ": 1.0})
     assert register(ws, spec, final, {"PQ": 1.0}) == first
     assert [v.id for v in ws.model_versions()] == [first]
-    assert sorted(p.name for p in (ws.root / "models").iterdir()) == [
-        "finetune-job1.safetensors"]
+    assert sorted(p.name for p in (ws.root / "models").iterdir()) == ["finetune-job1.safetensors"]
 
 
 def test_progress_from_metrics_lines():
-    records = [{"iter": 10, "loss": 5.0, "time": 20.0}, {"iter": 20, "loss": 4.0, "time": 30.0},
-               {"iter": 20, "eval": {"PQ": 1.0}}, {"iter": 30, "loss": float("nan"), "time": 40.0}]
+    records = [
+        {"iter": 10, "loss": 5.0, "time": 20.0},
+        {"iter": 20, "loss": 4.0, "time": 30.0},
+        {"iter": 20, "eval": {"PQ": 1.0}},
+        {"iter": 30, "loss": float("nan"), "time": 40.0},
+    ]
     assert loss_curve(records) == [(10, 5.0), (20, 4.0)]
     assert eta_seconds(records, 100) == pytest.approx(70.0)  # 1 s per iteration, 70 left
     assert eta_seconds(records[:1], 100) is None
@@ -227,14 +264,16 @@ def test_finetuner_refuses_too_little_data(tmp_path):
 
 def test_spec_records_split_and_classes(ws):
     _relabel(ws, "water", "lake", n=6)
-    spec = Finetuner(ws).prepare("base.safetensors", None, synthetic_meta(),
-                                 Settings(iters=12, batch=2, device="cpu"))
+    spec = Finetuner(ws).prepare(
+        "base.safetensors", None, synthetic_meta(), Settings(iters=12, batch=2, device="cpu")
+    )
     assert len(spec.heldout_images) == 2 and len(spec.train_images) == 8
     names = {c.id: c.name for c in ws.categories()}
     assert [names[i] for i in spec.category_ids][-1] == "lake"
     lake = ws.category_by_name("lake").id
-    assert any(lake in {s["category_id"] for s in ws.load_annotation(i)[1]}
-               for i in spec.heldout_images)  # the new class can be scored before/after
+    assert any(
+        lake in {s["category_id"] for s in ws.load_annotation(i)[1]} for i in spec.heldout_images
+    )  # the new class can be scored before/after
     assert spec.base_classes == 8 and spec.checkpoint_period == 5
     saved = json.loads((Path(spec.job_dir) / "spec.json").read_text())
     assert saved["iters"] == 12 and saved["device"] == "cpu"
@@ -247,17 +286,22 @@ def _ctx_with_versions(tmp_path):
     ck1 = tiny_checkpoint(tmp_path / "v1.safetensors")
     c = load_checkpoint(ck1)
     base = c.meta
-    meta9 = DatasetMeta(class_names=base.class_names + ("lake",), isthing=base.isthing + (False,),
-                        colors=base.colors + ((1, 2, 3),))
+    meta9 = DatasetMeta(
+        class_names=base.class_names + ("lake",),
+        isthing=base.isthing + (False,),
+        colors=base.colors + ((1, 2, 3),),
+    )
     from maskformer.checkpoint import load_model
 
     model = load_model(ck1, meta=meta9)
     ck2 = save_checkpoint(tmp_path / "v2.safetensors", model, model.cfg, meta9)
     ws = Workspace(tmp_path / "ws")
     ctx = make_context(Predictor(ck1, device="cpu"), ws, checkpoint=ck1)
-    metrics = {"heldout": {"PQ": 40.0, "mIoU": 50.0, "num_images": 2,
-                           "per_class": {"lake": {"PQ": 30.0}}},
-               "before": {"PQ": 20.0, "mIoU": 45.0}, "classes": list(meta9.class_names)}
+    metrics = {
+        "heldout": {"PQ": 40.0, "mIoU": 50.0, "num_images": 2, "per_class": {"lake": {"PQ": 30.0}}},
+        "before": {"PQ": 20.0, "mIoU": 45.0},
+        "classes": list(meta9.class_names),
+    }
     v2 = ws.add_model_version(ck2, parent=ctx.model_version_id, metrics=metrics)
     return ctx, ws, v2
 
@@ -323,8 +367,10 @@ def test_restart_serves_the_active_version(tmp_path):
 
     ctx, ws, v2 = _ctx_with_versions(tmp_path)
     fresh = Workspace(tmp_path / "fresh")
-    assert launch.startup_checkpoint(None, fresh) == (launch.DEFAULT_CHECKPOINT,
-                                                      "the shipped demo model")
+    assert launch.startup_checkpoint(None, fresh) == (
+        launch.DEFAULT_CHECKPOINT,
+        "the shipped demo model",
+    )
     ModelSwitcher(ctx, device="cpu").switch(v2.id)
     reopened = Workspace(tmp_path / "ws")  # a new process opens the same folder
     path, why = launch.startup_checkpoint(None, reopened)
@@ -366,21 +412,50 @@ def _train_base(tmp_path: Path, data: Path, n: int) -> Path:
     names = synthetic_meta().class_names
     keep = [i for i, name in enumerate(names) if name != "water"]
     m = synthetic_meta()
-    meta = DatasetMeta(tuple(m.class_names[i] for i in keep), tuple(m.isthing[i] for i in keep),
-                       tuple(m.colors[i] for i in keep), tuple(m.dataset_ids[i] for i in keep))
+    meta = DatasetMeta(
+        tuple(m.class_names[i] for i in keep),
+        tuple(m.isthing[i] for i in keep),
+        tuple(m.colors[i] for i in keep),
+        tuple(m.dataset_ids[i] for i in keep),
+    )
     to_base = [keep.index(BASE_NAME_OF.get(i, i)) for i in range(len(names))]
-    samples = [replace(smp, segments=[{**g, "category_id": to_base[g["category_id"]]}
-                                      for g in smp.segments])
-               for smp in (src.load(i) for i in range(n))]
+    samples = [
+        replace(
+            smp, segments=[{**g, "category_id": to_base[g["category_id"]]} for g in smp.segments]
+        )
+        for smp in (src.load(i) for i in range(n))
+    ]
     write_dataset(tmp_path / "base_data", samples, meta)
     out = tmp_path / "base_run"
-    cmd = [sys.executable, "-m", "maskformer", "train", "--preset", "maskformer_tiny",
-           "--model.backbone=test_resnet", "--input.crop_size=64,64",
-           "--input.min_size_train=48,56,64,72,80", "--input.max_size_train=256",
-           "--input.min_size_test=64", "--input.max_size_test=256",
-           "--train", str(tmp_path / "base_data"), "--out", str(out), "--device", "cpu",
-           "--iters", str(E2E_BASE_ITERS), "--batch", "4", "--lr", "1e-3", "--no-progress",
-           "--checkpoint-period", "100000"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "maskformer",
+        "train",
+        "--preset",
+        "maskformer_tiny",
+        "--model.backbone=test_resnet",
+        "--input.crop_size=64,64",
+        "--input.min_size_train=48,56,64,72,80",
+        "--input.max_size_train=256",
+        "--input.min_size_test=64",
+        "--input.max_size_test=256",
+        "--train",
+        str(tmp_path / "base_data"),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--iters",
+        str(E2E_BASE_ITERS),
+        "--batch",
+        "4",
+        "--lr",
+        "1e-3",
+        "--no-progress",
+        "--checkpoint-period",
+        "100000",
+    ]
     subprocess.run(cmd, cwd=ROOT, check=True, timeout=1500, stdout=subprocess.DEVNULL)
     return out / "model_final.safetensors"
 
@@ -395,8 +470,16 @@ def _correct(ctx, s: Session, smp, source: str, new_class: str) -> None:
     names = synthetic_meta().class_names
     cats = {c.name: c.id for c in ctx.workspace.categories()}
     model_name = {i: n if n in cats else names[BASE_NAME_OF[i]] for i, n in enumerate(names)}
-    segs = [{"id": int(g["id"]), "category_id": cats[model_name[g["category_id"]]],
-             "isthing": bool(g["isthing"]), "query": None, "score": None} for g in smp.segments]
+    segs = [
+        {
+            "id": int(g["id"]),
+            "category_id": cats[model_name[g["category_id"]]],
+            "isthing": bool(g["isthing"]),
+            "query": None,
+            "score": None,
+        }
+        for g in smp.segments
+    ]
     s.push(make_annotation(smp.id_map, segs))
     for g in smp.segments:
         if names[g["category_id"]] == source:
@@ -428,8 +511,9 @@ def test_finetune_end_to_end_new_class_survives_a_kill(tmp_path):
     predictor_before = ctx.predictor
     tuner = Finetuner(ws)
     path, base_version = switcher.base_checkpoint()
-    info = tuner.start(path, base_version, ctx.meta,
-                       Settings(iters=E2E_ITERS, batch=4, lr=1e-3, device="cpu"))
+    info = tuner.start(
+        path, base_version, ctx.meta, Settings(iters=E2E_ITERS, batch=4, lr=1e-3, device="cpu")
+    )
     run_dir = Path(info.job_dir) / "run"
     end = time.monotonic() + 900
     while not (run_dir / "last_checkpoint").exists():  # let it save its first checkpoint
@@ -437,9 +521,12 @@ def test_finetune_end_to_end_new_class_survives_a_kill(tmp_path):
         assert time.monotonic() < end
         time.sleep(0.5)
     os.killpg(info.pid, signal.SIGKILL)  # the fine-tune dies (kill -9 of its process group)
-    saved_at = int((run_dir / "last_checkpoint").read_text().strip()[len("model_"):-12])
-    logged = [x for x in (run_dir / "metrics.jsonl").read_text().splitlines()
-              if json.loads(x)["iter"] <= saved_at]
+    saved_at = int((run_dir / "last_checkpoint").read_text().strip()[len("model_") : -12])
+    logged = [
+        x
+        for x in (run_dir / "metrics.jsonl").read_text().splitlines()
+        if json.loads(x)["iter"] <= saved_at
+    ]
     assert tuner.runner.wait(timeout=60).state == "dead"
     # Nothing the app uses changed: same model object, same versions, workspace consistent.
     assert ctx.predictor is predictor_before and ctx.model_version_id == base_version
@@ -459,23 +546,26 @@ def test_finetune_end_to_end_new_class_survives_a_kill(tmp_path):
     # Resumed, not restarted: the log lines up to the checkpoint are kept as they were
     # (a fresh start would have truncated them and written new ones with other times).
     kept = (run_dir / "metrics.jsonl").read_text().splitlines()
-    assert saved_at > 0 and logged and kept[:len(logged)] == logged
+    assert saved_at > 0 and logged and kept[: len(logged)] == logged
     assert max(json.loads(x)["iter"] for x in kept) == E2E_ITERS
     p = tuner.progress()
     result = p.result
     version = ws.model_version(result["version_id"])
     assert version.parent == base_version and Path(version.path).is_file()
-    assert version.path == str(ws.root / "models" / f"finetune-{Path(info.job_dir).name}"
-                                                     ".safetensors")
+    assert version.path == str(
+        ws.root / "models" / f"finetune-{Path(info.job_dir).name}.safetensors"
+    )
     assert version.metrics["new_classes"] == [NEW_CLASS]
     before = result["before"]["per_class"][NEW_CLASS]["PQ"]
     after = result["after"]["per_class"][NEW_CLASS]["PQ"]
     iou_before = result["before"]["per_class"][NEW_CLASS]["IoU"]
     iou_after = result["after"]["per_class"][NEW_CLASS]["IoU"]
-    print(f"\nheld-out PQ of {NEW_CLASS!r}: before {before:.1f}, after {after:.1f}; IoU "
-          f"{iou_before:.1f} -> {iou_after:.1f}; overall PQ "
-          f"{result['before']['PQ']:.1f} -> {result['after']['PQ']:.1f}, mIoU "
-          f"{result['before']['mIoU']:.1f} -> {result['after']['mIoU']:.1f}")
+    print(
+        f"\nheld-out PQ of {NEW_CLASS!r}: before {before:.1f}, after {after:.1f}; IoU "
+        f"{iou_before:.1f} -> {iou_after:.1f}; overall PQ "
+        f"{result['before']['PQ']:.1f} -> {result['after']['PQ']:.1f}, mIoU "
+        f"{result['before']['mIoU']:.1f} -> {result['after']['mIoU']:.1f}"
+    )
     # The base model cannot predict a class it never had.
     assert before == 0.0 and iou_before == 0.0
     # It learned the new class on images it never saw: asserted on the class's IoU, which grows

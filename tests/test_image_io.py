@@ -32,8 +32,13 @@ def test_rgb_sources_round_trip(tmp_path, src_kind):
     a = _rgb()
     path = tmp_path / "x.png"
     Image.fromarray(a).save(path)
-    src = {"path": path, "str": str(path), "bytes": path.read_bytes(),
-           "pil": Image.open(path), "array": a}[src_kind]
+    src = {
+        "path": path,
+        "str": str(path),
+        "bytes": path.read_bytes(),
+        "pil": Image.open(path),
+        "array": a,
+    }[src_kind]
     out = load_image(src)
     _check(out, 12, 20)
     np.testing.assert_array_equal(out, a)
@@ -121,13 +126,26 @@ def test_exif_orientation_applied():
     assert out[:15].mean() > 200 and out[25:].mean() < 50  # the left half went to the top
 
 
-@pytest.mark.parametrize("shape,dtype", [((6, 5), np.uint8), ((6, 5, 1), np.uint8),
-                                         ((6, 5, 4), np.uint8), ((6, 5, 3), np.float32),
-                                         ((6, 5), np.bool_), ((6, 5, 3), np.uint16)])
+@pytest.mark.parametrize(
+    "shape,dtype",
+    [
+        ((6, 5), np.uint8),
+        ((6, 5, 1), np.uint8),
+        ((6, 5, 4), np.uint8),
+        ((6, 5, 3), np.float32),
+        ((6, 5), np.bool_),
+        ((6, 5, 3), np.uint16),
+    ],
+)
 def test_arrays(shape, dtype):
     a = np.random.default_rng(0).random(shape)
-    a = (a > 0.5) if dtype == np.bool_ else (a * (65535 if dtype == np.uint16 else
-                                                    1 if dtype == np.float32 else 255)).astype(dtype)
+    a = (
+        (a > 0.5)
+        if dtype == np.bool_
+        else (a * (65535 if dtype == np.uint16 else 1 if dtype == np.float32 else 255)).astype(
+            dtype
+        )
+    )
     out = load_image(a)
     _check(out, 6, 5)
     if dtype == np.uint8 and len(shape) == 3 and shape[2] == 4:
@@ -174,11 +192,17 @@ def _png_header_only(width: int, height: int) -> bytes:
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize("w,h", [(11_000, 10_000), (100_000, 100_000)])

@@ -50,7 +50,9 @@ def test_import_dag(pkg):
 def test_engine_never_imports_gradio_or_app():
     for f in (ROOT / "maskformer").rglob("*.py"):
         for mod in _imports(f):
-            assert mod.split(".")[0] not in {"gradio", "app"}, f"{f.relative_to(ROOT)} imports {mod}"
+            assert mod.split(".")[0] not in {"gradio", "app"}, (
+                f"{f.relative_to(ROOT)} imports {mod}"
+            )
 
 
 def test_app_does_not_import_training():

@@ -73,8 +73,10 @@ def test_one_job_at_a_time_across_runners_and_processes(tmp_path):
         with pytest.raises(JobBusyError, match="fine-tune job is already running"):
             b.start(["sleep", "1"], tmp_path / "j2")
         assert b.busy()
-        code = ("from app.jobs import JobRunner; import sys; "
-                f"sys.exit(0 if JobRunner({str(tmp_path / 'jobs')!r}).busy() else 1)")
+        code = (
+            "from app.jobs import JobRunner; import sys; "
+            f"sys.exit(0 if JobRunner({str(tmp_path / 'jobs')!r}).busy() else 1)"
+        )
         other = subprocess.run([PY, "-c", code], cwd=ROOT, timeout=60, check=False)
         assert other.returncode == 0  # another process sees the lock and the live group
     finally:
@@ -103,8 +105,10 @@ def test_cancel_stops_the_whole_group(tmp_path):
 def test_cancel_escalates_to_sigkill(tmp_path):
     runner = JobRunner(tmp_path / "jobs")
     ready = tmp_path / "ready"
-    code = ("import signal, time, pathlib; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-            f"pathlib.Path({str(ready)!r}).touch(); time.sleep(60)")
+    code = (
+        "import signal, time, pathlib; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        f"pathlib.Path({str(ready)!r}).touch(); time.sleep(60)"
+    )
     info = runner.start([PY, "-c", code], tmp_path / "j")
     assert _wait_for(ready.exists)
     t0 = time.monotonic()
@@ -128,8 +132,10 @@ def test_killed_group_is_dead_and_frees_the_lock(tmp_path):
 def test_killed_command_is_a_failure_with_its_status(tmp_path):
     runner = JobRunner(tmp_path / "jobs")
     pidfile = tmp_path / "pid"
-    code = (f"import os, time, pathlib; pathlib.Path({str(pidfile)!r})"
-            ".write_text(str(os.getpid())); time.sleep(60)")
+    code = (
+        f"import os, time, pathlib; pathlib.Path({str(pidfile)!r})"
+        ".write_text(str(os.getpid())); time.sleep(60)"
+    )
     runner.start([PY, "-c", code], tmp_path / "j")
     assert _wait_for(pidfile.exists)
     os.kill(int(pidfile.read_text()), signal.SIGKILL)  # the command only, not the wrapper
@@ -141,9 +147,15 @@ def test_stale_lock_from_a_crashed_server_is_ignored(tmp_path):
     runner = JobRunner(tmp_path / "jobs")
     # A lock naming a live process that is not ours (its start time differs): pid reuse.
     me = os.getpid()
-    stale = {"job_id": "old", "label": "fine-tune", "command": ["x"],
-             "job_dir": str(tmp_path / "old"), "pid": me,
-             "start_ticks": (start_ticks(me) or 0) + 12345, "started": 0.0}
+    stale = {
+        "job_id": "old",
+        "label": "fine-tune",
+        "command": ["x"],
+        "job_dir": str(tmp_path / "old"),
+        "pid": me,
+        "start_ticks": (start_ticks(me) or 0) + 12345,
+        "started": 0.0,
+    }
     runner.lock_path.write_text(json.dumps(stale))
     assert runner.state().state == "dead"  # seen as gone, and the lock is released
     assert not runner.busy() and not runner.lock_path.exists()

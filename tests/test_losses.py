@@ -162,7 +162,8 @@ def test_mask_losses_equal_the_textbook_formulas_and_gradients(alpha, gamma):
 
 
 @pytest.mark.parametrize(
-    "in_hw,out_hw", [((32, 32), (128, 128)), ((7, 9), (37, 20)), ((40, 13), (13, 40)), ((5, 6), (5, 6))]
+    "in_hw,out_hw",
+    [((32, 32), (128, 128)), ((7, 9), (37, 20)), ((40, 13), (13, 40)), ((5, 6), (5, 6))],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_resize_bilinear_equals_interpolate_forward_and_backward(in_hw, out_hw, dtype):

@@ -22,8 +22,9 @@ def _model_cfg(**overrides):
 @pytest.mark.parametrize("pre_norm", [False, True])
 def test_a_query_sees_only_its_allowed_keys(pre_norm):
     torch.manual_seed(0)
-    layer = DecoderLayer(d_model=16, num_heads=2, dim_feedforward=32, dropout=0.0,
-                         pre_norm=pre_norm).eval()
+    layer = DecoderLayer(
+        d_model=16, num_heads=2, dim_feedforward=32, dropout=0.0, pre_norm=pre_norm
+    ).eval()
     b, q, n = 2, 3, 10
     tgt, query_pos = torch.randn(b, q, 16), torch.randn(b, q, 16)
     memory, pos = torch.randn(b, n, 16), torch.randn(b, n, 16)
@@ -33,9 +34,11 @@ def test_a_query_sees_only_its_allowed_keys(pre_norm):
     mask = blocked.repeat_interleave(2, dim=0)  # (B * heads, Q, N), as nn.MultiheadAttention wants
     with torch.no_grad():
         out = layer(tgt, memory, pos, query_pos, memory_mask=mask)
-        assert torch.allclose(layer(tgt, memory, pos, query_pos,
-                                    memory_mask=torch.zeros_like(mask)),
-                              layer(tgt, memory, pos, query_pos), atol=1e-6)
+        assert torch.allclose(
+            layer(tgt, memory, pos, query_pos, memory_mask=torch.zeros_like(mask)),
+            layer(tgt, memory, pos, query_pos),
+            atol=1e-6,
+        )
         # changing what a query may not see leaves its output alone ...
         changed = memory.clone()
         changed[0, 5:] += 3 * torch.randn(5, 16)
@@ -76,8 +79,11 @@ def test_outputs_aux_and_gradients():
     assert len(out["aux_outputs"]) == cfg.dec_layers  # the prediction before layer 1 as well
     for aux in out["aux_outputs"]:
         assert aux["pred_masks"].shape == out["pred_masks"].shape == (2, cfg.num_queries, 16, 16)
-    loss = out["pred_masks"].sum() + sum(a["pred_logits"].sum() + a["pred_masks"].sum()
-                                         for a in out["aux_outputs"]) + out["pred_logits"].sum()
+    loss = (
+        out["pred_masks"].sum()
+        + sum(a["pred_logits"].sum() + a["pred_masks"].sum() for a in out["aux_outputs"])
+        + out["pred_logits"].sum()
+    )
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert missing == []
@@ -87,8 +93,10 @@ def test_outputs_aux_and_gradients():
         assert torch.allclose(model(x)["pred_masks"], model(x, aux=True)["pred_masks"])
         off = build_model(replace(cfg, deep_supervision=False)).train()
         assert off(x)["aux_outputs"] == []
-    assert "predictor.query_feat.weight" not in build_model(
-        replace(cfg, masked_attention=False)).state_dict()
+    assert (
+        "predictor.query_feat.weight"
+        not in build_model(replace(cfg, masked_attention=False)).state_dict()
+    )
 
 
 def test_criterion_and_weights_cover_every_prediction():
@@ -107,8 +115,9 @@ def test_checkpoint_round_trip_and_fewer_queries(tmp_path):
     base = apply_overrides(get_preset("maskformer_tiny"), {"model.backbone": "test_resnet"})
     cfg = replace(base, model=replace(base.model, masked_attention=True))
     model = build_model(cfg.model).eval()
-    path = save_checkpoint(tmp_path / "m.safetensors", model, cfg,
-                           generic_meta(cfg.model.num_classes))
+    path = save_checkpoint(
+        tmp_path / "m.safetensors", model, cfg, generic_meta(cfg.model.num_classes)
+    )
     x = torch.randn(1, 3, 64, 64)
     loaded, report = load_model_with_report(path)
     assert not report.missing and not report.unexpected and not report.reinitialised

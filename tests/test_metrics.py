@@ -103,8 +103,9 @@ def reference_summary(stats, isthing):
 def test_pq_perfect_prediction_is_100():
     gt = grid([[1, 1, 2, 2], [1, 1, 2, 2], [1, 1, 3, 3], [1, 1, 3, 3]])
     pred = grid([[7, 7, 5, 5], [7, 7, 5, 5], [7, 7, 9, 9], [7, 7, 9, 9]])  # ids need not agree
-    r = pq_from_id_maps(gt, [seg(1, 0), seg(2, 1), seg(3, 1)], pred,
-                        [seg(7, 0), seg(5, 1), seg(9, 1)], META)
+    r = pq_from_id_maps(
+        gt, [seg(1, 0), seg(2, 1), seg(3, 1)], pred, [seg(7, 0), seg(5, 1), seg(9, 1)], META
+    )
     for k in ("PQ", "SQ", "RQ", "PQ_th", "PQ_st"):
         assert r[k] == pytest.approx(100.0)
     assert [c["TP"] for c in r["per_class"]] == [1, 2]
@@ -305,7 +306,7 @@ def _coco_case(rng, n_images=4, h=48, w=64):
         for j in range(int(rng.integers(2, 6))):
             y, x = int(rng.integers(0, h - 12)), int(rng.integers(0, w - 12))
             hh, ww = int(rng.integers(4, 30)), int(rng.integers(4, 30))
-            id_map[y:y + hh, x:x + ww] = j + 1
+            id_map[y : y + hh, x : x + ww] = j + 1
             segments.append(seg(j + 1, int(rng.choice([0, 2])), crowd=int(j == 3)))
         images.append({"id": img_id, "file_name": f"{img_id}.png", "height": h, "width": w})
         anns += instances_from_panoptic(img_id, id_map, segments, meta)
@@ -389,8 +390,11 @@ def test_mask_ap_without_detections_and_from_a_file(tmp_path):
     path = tmp_path / "gt.json"
     path.write_text(json.dumps(gt))
     img_id, id_map, segments = samples[0]
-    s = next(s for s in segments if s["category_id"] == 2 and not s["iscrowd"]
-             and (id_map == s["id"]).any())
+    s = next(
+        s
+        for s in segments
+        if s["category_id"] == 2 and not s["iscrowd"] and (id_map == s["id"]).any()
+    )
     res = instance_results(img_id, (id_map == s["id"])[None], [2], [1.0], meta)
     only = coco_mask_ap(path, res, img_ids=[img_id])
     assert next(c for c in only["per_class"] if c["category_id"] == 2)["AP"] > 0

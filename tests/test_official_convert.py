@@ -29,14 +29,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # timm ResNet name -> detectron2 name (MASKFORMER_REFERENCE.md section 6, "Mapping to timm").
 _STEM = {"conv1": "stem.conv1", "bn1": "stem.conv1.norm"}
-_DEEP_STEM = {"conv1.0": "stem.conv1", "conv1.1": "stem.conv1.norm", "conv1.3": "stem.conv2",
-              "conv1.4": "stem.conv2.norm", "conv1.6": "stem.conv3", "bn1": "stem.conv3.norm"}
+_DEEP_STEM = {
+    "conv1.0": "stem.conv1",
+    "conv1.1": "stem.conv1.norm",
+    "conv1.3": "stem.conv2",
+    "conv1.4": "stem.conv2.norm",
+    "conv1.6": "stem.conv3",
+    "bn1": "stem.conv3.norm",
+}
 
 
 def _timm_to_d2(key: str, deep_stem: bool) -> str:
     for timm_name, d2 in (_DEEP_STEM if deep_stem else _STEM).items():
         if key.startswith(timm_name + "."):
-            return d2 + key[len(timm_name):]
+            return d2 + key[len(timm_name) :]
     m = re.fullmatch(r"layer(\d)\.(\d+)\.(.+)", key)
     rest = re.sub(r"^bn(\d)\.", r"conv\1.norm.", m[3])
     rest = rest.replace("downsample.0.", "shortcut.").replace("downsample.1.", "shortcut.norm.")
@@ -50,9 +56,9 @@ def to_official(state, *, old_layout=True, deep_stem=False, numpy=True):
         if key.endswith("num_batches_tracked"):
             continue  # FrozenBN has none
         if key.startswith("backbone.body."):
-            key = "backbone." + _timm_to_d2(key[len("backbone.body."):], deep_stem)
+            key = "backbone." + _timm_to_d2(key[len("backbone.body.") :], deep_stem)
         elif key.startswith("pixel_decoder."):
-            key = "sem_seg_head." + (key[len("pixel_decoder."):] if old_layout else key)
+            key = "sem_seg_head." + (key[len("pixel_decoder.") :] if old_layout else key)
         elif key.startswith("predictor."):
             key = "sem_seg_head." + key
         out[key] = value.numpy().copy() if numpy else value.clone()
@@ -88,8 +94,12 @@ def test_r50_old_layout_pkl(tmp_path):
     # the names the reference lists for the released ADE R50 file
     assert official["sem_seg_head.layer_4.weight"].shape == (256, 2048, 3, 3)
     assert official["sem_seg_head.predictor.input_proj.weight"].shape == (256, 2048, 1, 1)
-    for key in ("backbone.stem.conv1.norm.running_var", "backbone.res5.0.shortcut.norm.weight",
-                "backbone.res4.5.conv3.weight", "sem_seg_head.adapter_1.norm.weight"):
+    for key in (
+        "backbone.stem.conv1.norm.running_var",
+        "backbone.res5.0.shortcut.norm.weight",
+        "backbone.res4.5.conv3.weight",
+        "sem_seg_head.adapter_1.norm.weight",
+    ):
         assert key in official
     official["criterion.empty_weight"] = np.ones(151, np.float32)
     converted, inferred = convert_official_file(write_pkl(tmp_path / "r50.pkl", official))
@@ -114,10 +124,19 @@ def test_transformer_encoder_variant(tmp_path, old_layout):
     converted, inferred = convert_official_file(path)
     assert_same(converted, state)
     m = inferred.model
-    assert (m.backbone, m.num_classes, m.num_queries, m.hidden_dim, m.dec_layers) == \
-        ("resnet18", 133, cfg.model.num_queries, 64, 2)
-    assert (m.enc_layers, m.transformer_in_feature, m.conv_dim, m.dim_feedforward) == \
-        (2, "transformer_encoder", 64, 256)
+    assert (m.backbone, m.num_classes, m.num_queries, m.hidden_dim, m.dec_layers) == (
+        "resnet18",
+        133,
+        cfg.model.num_queries,
+        64,
+        2,
+    )
+    assert (m.enc_layers, m.transformer_in_feature, m.conv_dim, m.dim_feedforward) == (
+        2,
+        "transformer_encoder",
+        64,
+        256,
+    )
     assert inferred.model.size_divisibility == 0  # 133 classes: the COCO panoptic recipe
 
 
@@ -131,8 +150,13 @@ def test_swin(tmp_path, keep_index):
         official = {k: v for k, v in official.items() if "relative_position_index" not in k}
     converted, inferred = convert_official_file(write_pkl(tmp_path / "swin.pkl", official))
     assert_same(converted, state)
-    for field in ("backbone", "swin_embed_dim", "swin_depths", "swin_num_heads",
-                  "swin_window_size"):
+    for field in (
+        "backbone",
+        "swin_embed_dim",
+        "swin_depths",
+        "swin_num_heads",
+        "swin_window_size",
+    ):
         assert getattr(inferred.model, field) == getattr(cfg.model, field)
 
 
@@ -140,16 +164,24 @@ def test_r101c_deep_stem_names():
     # timm resnet101s on the meta device: key names and shapes, no memory or init time.
     with torch.device("meta"):
         body = timm.create_model("resnet101s", features_only=True)
-    backbone = {"backbone.body." + k: v for k, v in body.state_dict().items()
-                if not k.endswith("num_batches_tracked")}
-    official = {("backbone." + _timm_to_d2(k[len("backbone.body."):], deep_stem=True)): v
-                for k, v in backbone.items()}
+    backbone = {
+        "backbone.body." + k: v
+        for k, v in body.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
+    official = {
+        ("backbone." + _timm_to_d2(k[len("backbone.body.") :], deep_stem=True)): v
+        for k, v in backbone.items()
+    }
     assert {"backbone.stem.conv2.weight", "backbone.stem.conv3.norm.running_mean"} <= set(official)
     from maskformer.converters.official import rename_official_keys
 
     assert rename_official_keys(official).keys() == backbone.keys()
-    head = {k: v for k, v in build_model(_tiny_r18().model).state_dict().items()
-            if not k.startswith("backbone.")}
+    head = {
+        k: v
+        for k, v in build_model(_tiny_r18().model).state_dict().items()
+        if not k.startswith("backbone.")
+    }
     assert infer_config({**backbone, **head}).model.backbone == "resnet101c"
 
 
@@ -185,8 +217,15 @@ def test_convert_picks_metadata(tmp_path):
 def test_convert_with_forced_preset(tmp_path, tiny_cfg):
     state = build_model(tiny_cfg.model).state_dict()  # test_resnet: no detectron2 names exist
     path = tmp_path / "ours.pth"
-    torch.save({"model": {f"sem_seg_head.{k}" if not k.startswith("backbone") else k: v
-                          for k, v in state.items()}}, path)
+    torch.save(
+        {
+            "model": {
+                f"sem_seg_head.{k}" if not k.startswith("backbone") else k: v
+                for k, v in state.items()
+            }
+        },
+        path,
+    )
     converted, _ = convert_official_file(path, cfg=tiny_cfg)
     assert_same(converted, state)
     with pytest.raises(CheckpointError, match="wrong shape"):  # the preset's widths do not fit
@@ -211,8 +250,9 @@ def test_hf_class_names_pick_shipped_metadata():
     from maskformer.metadata import get_metadata
 
     ade = get_metadata("ade20k_150")
-    hf_like = DatasetMeta(class_names=ade.class_names, isthing=(False,) * 150,
-                          colors=default_colors(150))
+    hf_like = DatasetMeta(
+        class_names=ade.class_names, isthing=(False,) * 150, colors=default_colors(150)
+    )
     assert _prefer_shipped(hf_like) == ade  # thing flags come from the shipped file
     custom = replace(hf_like, class_names=tuple(f"part{i}" for i in range(150)))
     assert _prefer_shipped(custom) == custom
@@ -233,15 +273,36 @@ def _random_hf(tmp_path, backbone):
 
     stages = ["stage1", "stage2", "stage3", "stage4"]
     if backbone == "swin":
-        bb = MaskFormerSwinConfig(embed_dim=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8],
-                                  window_size=4, out_features=stages)
+        bb = MaskFormerSwinConfig(
+            embed_dim=32,
+            depths=[1, 1, 2, 1],
+            num_heads=[1, 2, 4, 8],
+            window_size=4,
+            out_features=stages,
+        )
     else:
-        bb = ResNetConfig(layer_type="basic", depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512],
-                          embedding_size=64, out_features=stages)
-    dec = DetrConfig(d_model=64, decoder_layers=2, decoder_attention_heads=4, decoder_ffn_dim=128,
-                     num_queries=10, encoder_layers=0)
-    cfg = MaskFormerConfig(backbone_config=bb, decoder_config=dec, fpn_feature_size=64,
-                           mask_feature_size=64, id2label={i: f"thing{i}" for i in range(5)})
+        bb = ResNetConfig(
+            layer_type="basic",
+            depths=[2, 2, 2, 2],
+            hidden_sizes=[64, 128, 256, 512],
+            embedding_size=64,
+            out_features=stages,
+        )
+    dec = DetrConfig(
+        d_model=64,
+        decoder_layers=2,
+        decoder_attention_heads=4,
+        decoder_ffn_dim=128,
+        num_queries=10,
+        encoder_layers=0,
+    )
+    cfg = MaskFormerConfig(
+        backbone_config=bb,
+        decoder_config=dec,
+        fpn_feature_size=64,
+        mask_feature_size=64,
+        id2label={i: f"thing{i}" for i in range(5)},
+    )
     model = MaskFormerForInstanceSegmentation(cfg).eval()
     model.save_pretrained(tmp_path / f"hf_{backbone}")
     return model, tmp_path / f"hf_{backbone}"
@@ -291,8 +352,14 @@ def test_cli_bad_file_one_line_nonzero(tmp_path):
     bad = tmp_path / "model_final.pkl"
     bad.write_bytes(b"definitely not a pickle")
     out = tmp_path / "out.safetensors"
-    proc = subprocess.run([sys.executable, "-m", "maskformer", "convert", str(bad), str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "maskformer", "convert", str(bad), str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and str(bad) in lines[0]

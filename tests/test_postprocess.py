@@ -39,8 +39,9 @@ def hf():
 
 
 def _hf_out(class_logits, mask_logits):
-    return types.SimpleNamespace(class_queries_logits=class_logits[None],
-                                 masks_queries_logits=mask_logits[None])
+    return types.SimpleNamespace(
+        class_queries_logits=class_logits[None], masks_queries_logits=mask_logits[None]
+    )
 
 
 def _class_logits(rows: list[tuple[int, float]], k: int) -> torch.Tensor:
@@ -66,15 +67,17 @@ def _sure(labels: list[int], k: int) -> torch.Tensor:
 def _scene():
     """8x8, K=3 (0, 1 things; 2 stuff). See the comments for who wins where."""
     k, h, w = 3, 8, 8
-    rows = [(2, 0.95),  # q0 stuff, left half -> id 1
-            (3, 0.90),  # q1 no-object
-            (0, 0.50),  # q2 below threshold
-            (0, 0.90),  # q3 thing, top-right quadrant -> id 2
-            (2, 0.90),  # q4 stuff, bottom-right quadrant -> merged into id 1
-            (1, 0.90),  # q5 all mask logits -10: no pixel >= 0.5 -> empty
-            (1, 0.85),  # q6 whole image at logit +2: .85 * .88 never wins -> empty
-            (1, 0.99),  # q7 thing, two pixels of row 0 -> id 3
-            (0, 0.92)]  # q8 row 7 cols 2..5: loses cols 2-3 to q0, wins 4-5 -> 2/4 overlap
+    rows = [
+        (2, 0.95),  # q0 stuff, left half -> id 1
+        (3, 0.90),  # q1 no-object
+        (0, 0.50),  # q2 below threshold
+        (0, 0.90),  # q3 thing, top-right quadrant -> id 2
+        (2, 0.90),  # q4 stuff, bottom-right quadrant -> merged into id 1
+        (1, 0.90),  # q5 all mask logits -10: no pixel >= 0.5 -> empty
+        (1, 0.85),  # q6 whole image at logit +2: .85 * .88 never wins -> empty
+        (1, 0.99),  # q7 thing, two pixels of row 0 -> id 3
+        (0, 0.92),
+    ]  # q8 row 7 cols 2..5: loses cols 2-3 to q0, wins 4-5 -> 2/4 overlap
     m = torch.full((len(rows), h, w), -10.0)
     m[0, :, :4] = 10
     m[1] = 10
@@ -89,8 +92,9 @@ def _scene():
 
 def test_panoptic_hand_built_scene():
     cls, m = _scene()
-    res = panoptic_inference(cls, m, thing_ids=[0, 1], object_mask_threshold=0.8,
-                             overlap_threshold=0.8)
+    res = panoptic_inference(
+        cls, m, thing_ids=[0, 1], object_mask_threshold=0.8, overlap_threshold=0.8
+    )
     expected = torch.zeros(8, 8, dtype=torch.int32)
     expected[:, :4] = 1
     expected[0, :2] = 3
@@ -103,8 +107,13 @@ def test_panoptic_hand_built_scene():
     assert segs == [(1, 2, False, 0, 30 + 14), (2, 0, True, 3, 16), (3, 1, True, 7, 2)]
     assert res.segments[0]["score"] == pytest.approx(0.95, abs=1e-6)
     dropped = [(d.query, d.label, d.reason) for d in res.dropped]
-    assert dropped == [(1, 3, "no-object"), (2, 0, "below-threshold"), (5, 1, "empty"),
-                       (6, 1, "empty"), (8, 0, "overlap")]
+    assert dropped == [
+        (1, 3, "no-object"),
+        (2, 0, "below-threshold"),
+        (5, 1, "empty"),
+        (6, 1, "empty"),
+        (8, 0, "overlap"),
+    ]
     assert {d.reason for d in res.dropped} == set(DROP_REASONS)
     # every query is accounted for exactly once (a merged stuff query is neither)
     assert len(res.segments) + len(res.dropped) + 1 == cls.shape[0]
@@ -123,7 +132,8 @@ def test_thresholds_change_the_result():
     cls, m = _scene()
     low = panoptic_inference(cls, m, thing_ids=[0, 1], object_mask_threshold=0.4)
     assert 2 in [s["query"] for s in low.segments] or any(
-        d.query == 2 and d.reason != "below-threshold" for d in low.dropped)
+        d.query == 2 and d.reason != "below-threshold" for d in low.dropped
+    )
     loose = panoptic_inference(cls, m, thing_ids=[0, 1], overlap_threshold=0.4)
     assert 8 in [s["query"] for s in loose.segments]  # 2/4 >= 0.4: q8 is kept
     strict = panoptic_inference(cls, m, thing_ids=[0, 1], object_mask_threshold=0.999)
@@ -135,19 +145,24 @@ def test_object_threshold_is_strict():
     m = torch.full((1, 4, 4), 5.0)
     score = float(cls.softmax(-1).max())
     assert panoptic_inference(cls, m, thing_ids=[0], object_mask_threshold=score).segments == []
-    assert len(panoptic_inference(cls, m, thing_ids=[0],
-                                  object_mask_threshold=score - 1e-6).segments) == 1
+    assert (
+        len(panoptic_inference(cls, m, thing_ids=[0], object_mask_threshold=score - 1e-6).segments)
+        == 1
+    )
 
 
 def test_every_stuff_class_merges_things_do_not():
     cls = _sure([2, 2, 0, 0, 2], 3)
     m = torch.full((5, 1, 10), -10.0)
     for q in range(5):
-        m[q, 0, 2 * q: 2 * q + 2] = 10
+        m[q, 0, 2 * q : 2 * q + 2] = 10
     res = panoptic_inference(cls, m, thing_ids=[0, 1])
     assert res.panoptic_seg[0].tolist() == [1, 1, 1, 1, 2, 2, 3, 3, 1, 1]
-    assert [(s["id"], s["query"], s["area"]) for s in res.segments] == [(1, 0, 6), (2, 2, 2),
-                                                                       (3, 3, 2)]
+    assert [(s["id"], s["query"], s["area"]) for s in res.segments] == [
+        (1, 0, 6),
+        (2, 2, 2),
+        (3, 3, 2),
+    ]
 
 
 def test_hf_reuses_a_taken_id_after_a_merge(hf):
@@ -155,11 +170,12 @@ def test_hf_reuses_a_taken_id_after_a_merge(hf):
     cls = _sure([2, 0, 2, 1], 3)
     m = torch.full((4, 1, 8), -10.0)
     for q in range(4):
-        m[q, 0, 2 * q: 2 * q + 2] = 10
+        m[q, 0, 2 * q : 2 * q + 2] = 10
     ours = panoptic_inference(cls, m, thing_ids=[0, 1])
     assert ours.panoptic_seg[0].tolist() == [1, 1, 2, 2, 1, 1, 3, 3]
-    theirs = hf.post_process_panoptic_segmentation(_hf_out(cls, m), threshold=0.8,
-                                                   label_ids_to_fuse={2})[0]
+    theirs = hf.post_process_panoptic_segmentation(
+        _hf_out(cls, m), threshold=0.8, label_ids_to_fuse={2}
+    )[0]
     # HF: after the merge its counter restarts from the merged id, so both things get id 2.
     assert theirs["segmentation"][0].tolist() == [1, 1, 2, 2, 1, 1, 2, 2]
 
@@ -173,7 +189,8 @@ def test_overlap_ratio_equal_to_threshold_is_kept(hf):
     ours = panoptic_inference(cls, m, thing_ids=[0, 1], overlap_threshold=0.7)
     assert [s["query"] for s in ours.segments] == [0, 1]
     theirs = hf.post_process_panoptic_segmentation(
-        _hf_out(cls, m), threshold=0.8, overlap_mask_area_threshold=0.7, label_ids_to_fuse=set())[0]
+        _hf_out(cls, m), threshold=0.8, overlap_mask_area_threshold=0.7, label_ids_to_fuse=set()
+    )[0]
     # HF keeps a segment only if ratio > t, and divides in float32 (7/10 -> 0.69999999): q0 dropped.
     assert [s["label_id"] for s in theirs["segments_info"]] == [1]
 
@@ -184,8 +201,9 @@ def test_original_area_is_not_score_weighted(hf):
     m = torch.full((1, 4, 4), math.log(0.52 / 0.48))
     ours = panoptic_inference(cls, m, thing_ids=[0], object_mask_threshold=0.8)
     assert [(s["query"], s["area"]) for s in ours.segments] == [(0, 16)]
-    theirs = hf.post_process_panoptic_segmentation(_hf_out(cls, m), threshold=0.8,
-                                                   label_ids_to_fuse=set())[0]
+    theirs = hf.post_process_panoptic_segmentation(
+        _hf_out(cls, m), threshold=0.8, label_ids_to_fuse=set()
+    )[0]
     assert theirs["segments_info"] == []
 
 
@@ -208,8 +226,12 @@ def test_semantic_by_hand():
     cls = torch.log(torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3]]))
     m = torch.logit(torch.tensor([[[0.8, 0.1]], [[0.2, 0.9]]]))  # (2, 1, 2)
     s = semantic_inference(cls, m)
-    expected = torch.tensor([[[0.5 * 0.8 + 0.1 * 0.2, 0.5 * 0.1 + 0.1 * 0.9]],
-                             [[0.3 * 0.8 + 0.6 * 0.2, 0.3 * 0.1 + 0.6 * 0.9]]])
+    expected = torch.tensor(
+        [
+            [[0.5 * 0.8 + 0.1 * 0.2, 0.5 * 0.1 + 0.1 * 0.9]],
+            [[0.3 * 0.8 + 0.6 * 0.2, 0.3 * 0.1 + 0.6 * 0.9]],
+        ]
+    )
     torch.testing.assert_close(s, expected)
     assert semantic_map(cls, m).tolist() == [[0, 1]]
 
@@ -254,8 +276,9 @@ def test_instance_by_hand():
     assert len(res) == 3
     assert res.labels.tolist() == [e[1] for e in expected]
     assert res.queries.tolist() == [e[2] for e in expected]
-    torch.testing.assert_close(res.scores, torch.tensor([e[0] for e in expected]), atol=1e-5,
-                               rtol=1e-5)
+    torch.testing.assert_close(
+        res.scores, torch.tensor([e[0] for e in expected]), atol=1e-5, rtol=1e-5
+    )
     assert res.masks.dtype == torch.bool and torch.equal(res.masks[res.queries == 1][0], m[1] > 0)
     things = instance_inference(cls, m, topk=3, thing_ids=[0])
     assert things.labels.tolist() == [0]  # the filter runs after the top-k, as in Mask2Former
@@ -267,8 +290,9 @@ def test_resize_mask_logits_official_order():
     out = resize_mask_logits(low, (32, 40), (27, 33), (54, 65))
     assert out.shape == (3, 54, 65)
     up = F.interpolate(low[None], size=(32, 40), mode="bilinear", align_corners=False)[0]
-    ref = F.interpolate(up[None, :, :27, :33], size=(54, 65), mode="bilinear",
-                        align_corners=False)[0]
+    ref = F.interpolate(up[None, :, :27, :33], size=(54, 65), mode="bilinear", align_corners=False)[
+        0
+    ]
     torch.testing.assert_close(out, ref)
     # no padding and output == input size: only the x4 upsampling happens
     same = resize_mask_logits(low, (32, 40), (32, 40), (32, 40))
@@ -286,8 +310,9 @@ def _random_outputs(seed: int, q: int = 40, k: int = 12, hw=(24, 28), stuff=(8, 
     g = torch.Generator().manual_seed(seed)
     things = [c for c in range(k) if c not in stuff]
     labels = [things[int(i)] for i in torch.randint(0, len(things), (q // 2,), generator=g)]
-    stuff_labels = sorted(int(stuff[int(i)]) for i in torch.randint(0, len(stuff), (q // 4,),
-                                                                   generator=g))
+    stuff_labels = sorted(
+        int(stuff[int(i)]) for i in torch.randint(0, len(stuff), (q // 4,), generator=g)
+    )
     labels += stuff_labels + [k] * (q - len(labels) - len(stuff_labels))
     cls = torch.randn(q, k + 1, generator=g)
     cls[torch.arange(q), torch.tensor(labels)] += 2 + 4 * torch.rand(q, generator=g)
@@ -323,11 +348,16 @@ def test_panoptic_matches_hf(hf, seed):
     threshold, overlap = 0.6, 0.7931  # an overlap no integer area ratio can hit exactly
     m = _band_free(cls, m, threshold)
     things = [c for c in range(cls.shape[1] - 1) if c not in stuff]
-    ours = panoptic_inference(cls, m, thing_ids=things, object_mask_threshold=threshold,
-                              overlap_threshold=overlap)
+    ours = panoptic_inference(
+        cls, m, thing_ids=things, object_mask_threshold=threshold, overlap_threshold=overlap
+    )
     theirs = hf.post_process_panoptic_segmentation(
-        _hf_out(cls, m), threshold=threshold, mask_threshold=0.5,
-        overlap_mask_area_threshold=overlap, label_ids_to_fuse=set(stuff))[0]
+        _hf_out(cls, m),
+        threshold=threshold,
+        mask_threshold=0.5,
+        overlap_mask_area_threshold=overlap,
+        label_ids_to_fuse=set(stuff),
+    )[0]
     hf_seg, hf_info = theirs["segmentation"], theirs["segments_info"]
     # same segment ids (HF repeats an entry for each merged query: dedupe) and the same classes
     hf_cats = {s["id"]: s["label_id"] for s in hf_info}
@@ -343,8 +373,9 @@ def test_panoptic_matches_hf(hf, seed):
 @pytest.mark.parametrize("seed", range(3))
 def test_semantic_matches_hf(hf, seed):
     cls, m, _ = _random_outputs(seed)
-    theirs = hf.post_process_semantic_segmentation(_hf_out(cls, m),
-                                                   return_segmentation_scores=True)[0]
+    theirs = hf.post_process_semantic_segmentation(
+        _hf_out(cls, m), return_segmentation_scores=True
+    )[0]
     ours = semantic_inference(cls, m)
     torch.testing.assert_close(ours, theirs["segmentation_scores"], atol=1e-5, rtol=1e-5)
     _assert_argmax_equal(semantic_map(cls, m), theirs["segmentation"], ours)
@@ -357,8 +388,9 @@ def test_semantic_resized_after_inference_matches_hf(hf, seed):
     # probabilities first (what Prediction.semantic() does) gives the same scores.
     cls, m, _ = _random_outputs(seed)
     size = (37, 51)
-    theirs = hf.post_process_semantic_segmentation(_hf_out(cls, m), target_sizes=[size],
-                                                   return_segmentation_scores=True)[0]
+    theirs = hf.post_process_semantic_segmentation(
+        _hf_out(cls, m), target_sizes=[size], return_segmentation_scores=True
+    )[0]
     probs = resize_maps(m.sigmoid(), size)
     ours = semantic_inference(cls, m, mask_probs=probs)
     torch.testing.assert_close(ours, theirs["segmentation_scores"], atol=1e-5, rtol=1e-5)
@@ -379,15 +411,25 @@ def test_instances_match_hf(hf, seed):
     cls, m, _ = _random_outputs(seed)
     q = cls.shape[0]
     ours = instance_inference(cls, m, topk=q)  # HF takes the top Q pairs
-    theirs = hf.post_process_instance_segmentation(_hf_out(cls, m), threshold=0.0,
-                                                   return_binary_maps=True)[0]
+    theirs = hf.post_process_instance_segmentation(
+        _hf_out(cls, m), threshold=0.0, return_binary_maps=True
+    )[0]
     # HF skips empty masks; official keeps them (score 0)
     keep = ours.masks.flatten(1).any(1)
-    ours_rows = sorted(zip(ours.scores[keep].tolist(), ours.labels[keep].tolist(),
-                           [mk for mk in ours.masks[keep]]), key=lambda r: (-r[0], r[1]))
-    hf_rows = sorted(zip([s["score"] for s in theirs["segments_info"]],
-                         [s["label_id"] for s in theirs["segments_info"]],
-                         [mk.bool() for mk in theirs["segmentation"]]), key=lambda r: (-r[0], r[1]))
+    ours_rows = sorted(
+        zip(
+            ours.scores[keep].tolist(), ours.labels[keep].tolist(), [mk for mk in ours.masks[keep]]
+        ),
+        key=lambda r: (-r[0], r[1]),
+    )
+    hf_rows = sorted(
+        zip(
+            [s["score"] for s in theirs["segments_info"]],
+            [s["label_id"] for s in theirs["segments_info"]],
+            [mk.bool() for mk in theirs["segmentation"]],
+        ),
+        key=lambda r: (-r[0], r[1]),
+    )
     assert len(ours_rows) == len(hf_rows) > 5
     for (s1, l1, m1), (s2, l2, m2) in zip(ours_rows, hf_rows):
         assert l1 == l2 and abs(s1 - s2) < 2e-6 and torch.equal(m1, m2)

@@ -26,16 +26,22 @@ def setup(tmp_path_factory):
     from maskformer.model import build_model
 
     d = tmp_path_factory.mktemp("predict")
-    cfg = apply_overrides(get_preset("maskformer_tiny"), {
-        "model.backbone": "test_resnet", "input.min_size_test": 64, "input.max_size_test": 96})
+    cfg = apply_overrides(
+        get_preset("maskformer_tiny"),
+        {"model.backbone": "test_resnet", "input.min_size_test": 64, "input.max_size_test": 96},
+    )
     torch.manual_seed(0)
     model = build_model(cfg.model)
     with torch.no_grad():  # confident real classes, so outputs are not empty
         model.predictor.class_embed.weight.mul_(10.0)
         model.predictor.class_embed.bias[-1] = -3.0
-    meta = DatasetMeta(class_names=tuple(f"c{i}" for i in range(8)),
-                       isthing=(True,) * 6 + (False,) * 2, colors=default_colors(8),
-                       dataset_ids=DATASET_IDS, name="tiny")
+    meta = DatasetMeta(
+        class_names=tuple(f"c{i}" for i in range(8)),
+        isthing=(True,) * 6 + (False,) * 2,
+        colors=default_colors(8),
+        dataset_ids=DATASET_IDS,
+        name="tiny",
+    )
     save_checkpoint(d / "tiny.safetensors", model, cfg, meta)
     imgs = d / "imgs"
     imgs.mkdir()
@@ -75,11 +81,30 @@ def test_panoptic_subprocess_with_a_bad_image(setup):
     out = setup / "out_pan"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     r = subprocess.run(
-        [sys.executable, "-m", "maskformer", "predict", "--checkpoint",
-         str(setup / "tiny.safetensors"), str(setup / "imgs" / "a.png"),
-         str(setup / "bad.png"), str(setup / "imgs" / "b.jpg"), "--task", "panoptic",
-         "--overlap", "0.1", "--out", str(out), "--no-progress"],
-        check=False, capture_output=True, text=True, env=env, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "maskformer",
+            "predict",
+            "--checkpoint",
+            str(setup / "tiny.safetensors"),
+            str(setup / "imgs" / "a.png"),
+            str(setup / "bad.png"),
+            str(setup / "imgs" / "b.jpg"),
+            "--task",
+            "panoptic",
+            "--overlap",
+            "0.1",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 1, r.stderr
     warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
     assert len(warnings) == 1 and "bad.png" in warnings[0]
@@ -107,8 +132,19 @@ def test_panoptic_subprocess_with_a_bad_image(setup):
 def test_instances_rle_decode_to_prediction_masks(setup, capsys):
     out = setup / "out_inst"
     with _one_thread():
-        rc = main(["predict", "--checkpoint", str(setup / "tiny.safetensors"),
-                   str(setup / "imgs"), "--task", "instance", "--out", str(out), "--no-progress"])
+        rc = main(
+            [
+                "predict",
+                "--checkpoint",
+                str(setup / "tiny.safetensors"),
+                str(setup / "imgs"),
+                "--task",
+                "instance",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
     assert rc == 0
     results = json.loads((out / "instances_results.json").read_text())
     images = json.loads((out / "images.json").read_text())["images"]
@@ -120,7 +156,10 @@ def test_instances_rle_decode_to_prediction_masks(setup, capsys):
         mine = [r for r in results if r["image_id"] == by_name[name]]
         assert len(mine) == len(inst) > 0
         for r, mask, label, score in zip(mine, inst.masks, inst.labels, inst.scores):
-            rle = {"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"].encode()}
+            rle = {
+                "size": r["segmentation"]["size"],
+                "counts": r["segmentation"]["counts"].encode(),
+            }
             decoded = mask_utils.decode(rle).astype(bool)  # pycocotools, not our code
             np.testing.assert_array_equal(decoded, mask.numpy())
             assert r["category_id"] == DATASET_IDS[int(label)]
@@ -132,9 +171,20 @@ def test_instances_rle_decode_to_prediction_masks(setup, capsys):
 def test_semantic_pngs_and_glob(setup):
     out = setup / "out_sem"
     with _one_thread():
-        rc = main(["predict", "--checkpoint", str(setup / "tiny.safetensors"),
-                   str(setup / "imgs" / "*.*"), "--task", "semantic", "--out", str(out),
-                   "--no-progress", "--no-overlay"])
+        rc = main(
+            [
+                "predict",
+                "--checkpoint",
+                str(setup / "tiny.safetensors"),
+                str(setup / "imgs" / "*.*"),
+                "--task",
+                "semantic",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--no-overlay",
+            ]
+        )
     assert rc == 0
     preds = _predictions(setup)
     for name, pred in preds.items():
@@ -149,9 +199,21 @@ def test_channels_last_flag(setup):
     pixels whose top two classes tie within float rounding."""
     out = setup / "out_nhwc"
     with _one_thread():
-        rc = main(["predict", "--checkpoint", str(setup / "tiny.safetensors"),
-                   str(setup / "imgs" / "*.*"), "--task", "semantic", "--out", str(out),
-                   "--no-progress", "--no-overlay", "--channels-last"])
+        rc = main(
+            [
+                "predict",
+                "--checkpoint",
+                str(setup / "tiny.safetensors"),
+                str(setup / "imgs" / "*.*"),
+                "--task",
+                "semantic",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--no-overlay",
+                "--channels-last",
+            ]
+        )
     assert rc == 0
     for name, pred in _predictions(setup).items():
         png = np.asarray(Image.open(out / "semantic" / (Path(name).stem + ".png")))
@@ -159,13 +221,48 @@ def test_channels_last_flag(setup):
 
 
 def test_bad_checkpoint_and_bad_inputs(setup, capsys):
-    assert main(["predict", "--checkpoint", str(setup / "bad.png"), str(setup / "imgs"),
-                 "--out", str(setup / "x")]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(setup / "bad.png"),
+                str(setup / "imgs"),
+                "--out",
+                str(setup / "x"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:")
-    assert main(["predict", "--checkpoint", str(setup / "tiny.safetensors"),
-                 str(setup / "nothing*.png"), "--out", str(setup / "x")]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(setup / "tiny.safetensors"),
+                str(setup / "nothing*.png"),
+                "--out",
+                str(setup / "x"),
+            ]
+        )
+        == 2
+    )
     assert "no files match" in capsys.readouterr().err
-    assert main(["predict", "--checkpoint", str(setup / "tiny.safetensors"),
-                 str(setup / "imgs"), "--out", str(setup / "x"), "--threshold", "1.5"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(setup / "tiny.safetensors"),
+                str(setup / "imgs"),
+                "--out",
+                str(setup / "x"),
+                "--threshold",
+                "1.5",
+            ]
+        )
+        == 2
+    )
     assert "--threshold" in capsys.readouterr().err

@@ -127,8 +127,12 @@ def test_input_kinds(predictor, tmp_path):
     rgba = np.dstack([_image(30, 40), np.full((30, 40), 7, np.uint8)])
     gray = _image(30, 40)[:, :, 0]
     Image.fromarray(gray).save(tmp_path / "g.png")
-    for src in (Image.fromarray(rgba, "RGBA"), gray, tmp_path / "g.png",
-                (tmp_path / "g.png").read_bytes()):
+    for src in (
+        Image.fromarray(rgba, "RGBA"),
+        gray,
+        tmp_path / "g.png",
+        (tmp_path / "g.png").read_bytes(),
+    ):
         pred = predictor.predict(src)
         np.testing.assert_array_equal(pred.image, load_image(src))
         assert pred.mask_logits.shape[1:] == (30, 40)
@@ -184,8 +188,13 @@ def test_default_thresholds_and_things_come_from_the_checkpoint():
     cfg = _cfg(**{"test.object_mask_threshold": 0.3, "test.overlap_threshold": 0.6})
     meta = generic_meta(8, THINGS)
     pred = Predictor((_model(cfg), cfg, meta), device="cpu").predict(_image(50, 50))
-    ref = panoptic_inference(pred.class_logits, pred.mask_logits, thing_ids=THINGS,
-                             object_mask_threshold=0.3, overlap_threshold=0.6)
+    ref = panoptic_inference(
+        pred.class_logits,
+        pred.mask_logits,
+        thing_ids=THINGS,
+        object_mask_threshold=0.3,
+        overlap_threshold=0.6,
+    )
     got = pred.panoptic()
     assert torch.equal(got.panoptic_seg, ref.panoptic_seg) and got.segments == ref.segments
     assert len(got.segments) > 2 and len(got.dropped) > 0
@@ -195,7 +204,9 @@ def test_default_thresholds_and_things_come_from_the_checkpoint():
     other = pred.panoptic(object_mask_threshold=0.99)
     assert all(s["score"] > 0.99 for s in other.segments)
     inst = pred.instances()
-    assert len(inst) > 0 and set(inst.labels.tolist()) <= set(THINGS)  # panoptic_on: things only, as Mask2Former
+    assert len(inst) > 0 and set(inst.labels.tolist()) <= set(
+        THINGS
+    )  # panoptic_on: things only, as Mask2Former
     assert len(pred.instances(topk=3)) <= 3
 
 
@@ -209,9 +220,13 @@ def test_semantic_paths_follow_the_official_rule():
     pred = p.predict(_image(50, 75, seed=5))
     assert pred.input_mask_logits is not None and pred.input_mask_logits.shape[1:] == (64, 96)
     hf = transformers.MaskFormerImageProcessor().post_process_semantic_segmentation(
-        types.SimpleNamespace(class_queries_logits=pred.class_logits[None],
-                              masks_queries_logits=pred.input_mask_logits[None]),
-        target_sizes=[(50, 75)], return_segmentation_scores=True)[0]
+        types.SimpleNamespace(
+            class_queries_logits=pred.class_logits[None],
+            masks_queries_logits=pred.input_mask_logits[None],
+        ),
+        target_sizes=[(50, 75)],
+        return_segmentation_scores=True,
+    )[0]
     ours = pred.semantic()
     mismatch = (ours != hf["segmentation"]).nonzero().tolist()
     scores = hf["segmentation_scores"]
@@ -224,7 +239,8 @@ def test_semantic_paths_follow_the_official_rule():
     # panoptic model: logits are resized first; the semantic map uses them directly
     cfg2 = _cfg()
     pred2 = Predictor((_model(cfg2), cfg2, generic_meta(8, THINGS)), device="cpu").predict(
-        _image(50, 75, seed=5))
+        _image(50, 75, seed=5)
+    )
     assert pred2.input_mask_logits is None
     assert torch.equal(pred2.semantic(), semantic_map(pred2.class_logits, pred2.mask_logits))
 
@@ -286,9 +302,12 @@ def test_prediction_is_a_plain_container():
     m = torch.full((2, 4, 6), -5.0)
     m[0, :, :3] = 5
     m[1, :, 3:] = 5
-    pred = Prediction(class_logits=cls, mask_logits=m, image=np.zeros((4, 6, 3), np.uint8),
-                      meta=meta)
+    pred = Prediction(
+        class_logits=cls, mask_logits=m, image=np.zeros((4, 6, 3), np.uint8), meta=meta
+    )
     assert pred.semantic().tolist() == [[0, 0, 0, 2, 2, 2]] * 4
     pan = pred.panoptic(object_mask_threshold=0.5)
     assert [(s["category_id"], s["isthing"], s["area"]) for s in pan.segments] == [
-        (0, True, 12), (2, False, 12)]
+        (0, True, 12),
+        (2, False, 12),
+    ]

@@ -42,8 +42,10 @@ PAYLOADS = [_System, _Exec, _Touch]
 
 def _checkpoint_like(payload):
     """A detectron2-style dict with the payload hidden among real arrays."""
-    return {"model": {"backbone.stem.conv1.weight": np.ones((2, 3), np.float32), "evil": payload},
-            "__author__": "someone"}
+    return {
+        "model": {"backbone.stem.conv1.weight": np.ones((2, 3), np.float32), "evil": payload},
+        "__author__": "someone",
+    }
 
 
 @pytest.mark.parametrize("payload_cls", PAYLOADS, ids=lambda c: c.__name__)
@@ -80,10 +82,19 @@ def test_refusal_names_the_global(tmp_path):
 @pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
 def test_numpy_checkpoint_loads_with_every_protocol(tmp_path, protocol):
     model = collections.OrderedDict(
-        w=np.arange(12, dtype=np.float32).reshape(3, 4), b=np.zeros(3, np.float16),
-        idx=np.arange(5, dtype=np.int64), t=np.asfortranarray(np.ones((2, 3), np.float64)))
-    obj = {"model": model, "__author__": "FAIR", "matching_heuristics": True,
-           "scalar": np.float32(2.5), "tags": {"a", "b"}, "blob": b"\x00\xff"}
+        w=np.arange(12, dtype=np.float32).reshape(3, 4),
+        b=np.zeros(3, np.float16),
+        idx=np.arange(5, dtype=np.int64),
+        t=np.asfortranarray(np.ones((2, 3), np.float64)),
+    )
+    obj = {
+        "model": model,
+        "__author__": "FAIR",
+        "matching_heuristics": True,
+        "scalar": np.float32(2.5),
+        "tags": {"a", "b"},
+        "blob": b"\x00\xff",
+    }
     path = tmp_path / "zoo.pkl"
     path.write_bytes(pickle.dumps(obj, protocol=protocol))
     out = load_weights_file(path)
@@ -105,8 +116,10 @@ def test_torch_files_load_zip_and_legacy(tmp_path):
 
 def test_codecs_encode_only_latin1(tmp_path):
     # Protocol-2 pickles store bytes as _codecs.encode(text, "latin1"); other codecs are refused.
-    good = (b"\x80\x02c_codecs\nencode\nq\x00X\x02\x00\x00\x00abq\x01"
-            b"X\x06\x00\x00\x00latin1q\x02\x86q\x03Rq\x04.")
+    good = (
+        b"\x80\x02c_codecs\nencode\nq\x00X\x02\x00\x00\x00abq\x01"
+        b"X\x06\x00\x00\x00latin1q\x02\x86q\x03Rq\x04."
+    )
     path = tmp_path / "g.pkl"
     path.write_bytes(good)
     assert load_pickle_file(path) == b"ab"

@@ -67,12 +67,15 @@ def test_jpeg_kept_as_original_bytes(ws):
     assert rec.file.endswith(".jpg") and (ws.root / rec.file).read_bytes() == buf.getvalue()
 
 
-@pytest.mark.parametrize("data, match", [
-    (b"", "empty"),
-    (b"this is not an image at all", "not an image|not a recognised image"),
-    (png()[:60], "truncated|corrupt|cannot read"),
-    (bomb_png(), "decompression bomb"),
-])
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (b"", "empty"),
+        (b"this is not an image at all", "not an image|not a recognised image"),
+        (png()[:60], "truncated|corrupt|cannot read"),
+        (bomb_png(), "decompression bomb"),
+    ],
+)
 def test_bad_images_leave_workspace_unchanged(ws, data, match):
     with pytest.raises(ImageReadError, match=match):
         ws.add_image(data, "bad.png")
@@ -89,9 +92,10 @@ def _annotation(h=24, w=32):
 def test_annotation_round_trip_is_exact(ws):
     rec = ws.add_image(png(), "a.png")
     cats = ws.categories()
-    segs = [{"id": 1, "category_id": cats[0].id, "isthing": False, "query": 4, "score": 0.9},
-            {"id": 70_000, "category_id": cats[1].id, "isthing": True, "query": None,
-             "score": None}]
+    segs = [
+        {"id": 1, "category_id": cats[0].id, "isthing": False, "query": 4, "score": 0.9},
+        {"id": 70_000, "category_id": cats[1].id, "isthing": True, "query": None, "score": None},
+    ]
     ws.save_annotation(rec.id, _annotation(), segs)
     id_map, got, source = ws.load_annotation(rec.id)
     np.testing.assert_array_equal(id_map, _annotation())
@@ -107,18 +111,22 @@ def test_prediction_never_replaces_a_correction(ws):
     seg = [{"id": 1, "category_id": cid}, {"id": 70_000, "category_id": cid}]
     assert ws.save_annotation(rec.id, _annotation(), seg, status="predicted", source="model")
     assert ws.image(rec.id).status == "predicted"
-    ws.save_annotation(rec.id, _annotation(), seg[:1] + [{"id": 70_000, "category_id": cid,
-                                                          "note": "user"}])
+    ws.save_annotation(
+        rec.id, _annotation(), seg[:1] + [{"id": 70_000, "category_id": cid, "note": "user"}]
+    )
     assert not ws.save_annotation(rec.id, np.zeros((24, 32), np.int32), [], status="predicted")
     assert ws.load_annotation(rec.id)[1][1]["note"] == "user"
 
 
-@pytest.mark.parametrize("change, match", [
-    (lambda m, s: (m[:5], s), "image is 32x24"),
-    (lambda m, s: (m, [{**s[0], "category_id": 999}, s[1]]), "unknown category"),
-    (lambda m, s: (m, s[:1]), "without a segment entry"),
-    (lambda m, s: (m, s + [dict(s[0])]), "unique"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda m, s: (m[:5], s), "image is 32x24"),
+        (lambda m, s: (m, [{**s[0], "category_id": 999}, s[1]]), "unknown category"),
+        (lambda m, s: (m, s[:1]), "without a segment entry"),
+        (lambda m, s: (m, s + [dict(s[0])]), "unique"),
+    ],
+)
 def test_invalid_annotation_changes_nothing(ws, change, match):
     rec = ws.add_image(png(), "a.png")
     cid = ws.categories()[0].id
@@ -133,8 +141,9 @@ def test_batch_with_a_bad_annotation_is_rolled_back(ws):
     from app.store import NewAnnotation, prepare_image
 
     imgs = [prepare_image(png(seed=i), f"{i}.png") for i in range(2)]
-    good = NewAnnotation(_annotation(), [{"id": 1, "category_id": 0},
-                                         {"id": 70_000, "category_id": 1}])
+    good = NewAnnotation(
+        _annotation(), [{"id": 1, "category_id": 0}, {"id": 70_000, "category_id": 1}]
+    )
     bad = NewAnnotation(_annotation(), [{"id": 1, "category_id": 0}])  # 70000 has no entry
     with pytest.raises(WorkspaceError):
         ws.add_images(imgs, [good, bad], meta=generic_meta(2))
@@ -162,8 +171,9 @@ ws.save_annotation(1, np.ones((24, 32), np.int32), [{{"id": 1, "category_id": ci
 def test_crash_mid_write_leaves_old_state(ws):
     rec = ws.add_image(png(), "a.png")
     code = CRASH.format(root=str(ROOT), path=str(ws.root))
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       check=False)
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
     assert r.returncode == 3, r.stderr
     again = Workspace(ws.root)  # "restart"
     assert again.load_annotation(rec.id) is None and again.image(rec.id).status == "unseen"

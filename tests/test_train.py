@@ -356,10 +356,13 @@ def test_cpu_amp_runs_the_model_in_bf16_and_the_losses_in_fp32(tiny_cfg, equal_d
     batch = _fixed_batch(cfg, equal_data, 2)
     fp32 = _trainer(cfg, 3)
     amp = _trainer(replace(cfg, solver=replace(cfg.solver, amp=True)), 3)
-    assert amp_dtype(True, torch.device("cpu")) is torch.bfloat16 and amp.scaler.is_enabled() is False
+    assert (
+        amp_dtype(True, torch.device("cpu")) is torch.bfloat16 and amp.scaler.is_enabled() is False
+    )
     dtypes = set()
     hook = amp.model.predictor.register_forward_hook(
-        lambda _m, _i, out: dtypes.add(out["pred_masks"].dtype))
+        lambda _m, _i, out: dtypes.add(out["pred_masks"].dtype)
+    )
     r32, r16 = fp32.step([batch], 0), amp.step([batch], 0)
     hook.remove()
     assert dtypes == {torch.bfloat16}
@@ -485,8 +488,9 @@ def test_bad_label_stops_before_the_first_step(tiny_cfg, tmp_path):
     assert not (out / "metrics.jsonl").exists() or not _metrics(out)
 
 
-def test_channels_last_run_matches_the_contiguous_run(straight_run, synth_data, tmp_path,
-                                                      monkeypatch):
+def test_channels_last_run_matches_the_contiguous_run(
+    straight_run, synth_data, tmp_path, monkeypatch
+):
     """solver.channels_last (the default) trains NHWC weights; the same run in NCHW ends at the
     same weights and losses up to float rounding."""
     cfg, _ = straight_run
@@ -497,8 +501,13 @@ def test_channels_last_run_matches_the_contiguous_run(straight_run, synth_data, 
     def record(self, batches, iteration):
         result = real_step(self, batches, iteration)
         convs = [m.weight for m in self.model.modules() if isinstance(m, torch.nn.Conv2d)]
-        layouts.append({w.is_contiguous(memory_format=torch.channels_last)
-                        and not w.is_contiguous() for w in convs if w.shape[-1] > 1})
+        layouts.append(
+            {
+                w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+                for w in convs
+                if w.shape[-1] > 1
+            }
+        )
         return result
 
     monkeypatch.setattr(Trainer, "step", record)
@@ -518,8 +527,9 @@ def test_channels_last_run_matches_the_contiguous_run(straight_run, synth_data, 
     lr = cfg.solver.base_lr
     worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
     assert worst <= 0.05 * lr * cfg.solver.max_iter  # Adam moves a weight by up to ~lr per step
-    losses = [(ra["loss"], rb["loss"]) for ra, rb in zip(_metrics(nhwc), _metrics(out))
-              if "loss" in ra]
+    losses = [
+        (ra["loss"], rb["loss"]) for ra, rb in zip(_metrics(nhwc), _metrics(out)) if "loss" in ra
+    ]
     assert len(losses) == cfg.solver.max_iter
     assert all(lb == pytest.approx(la, rel=1e-4) for la, lb in losses)
 
@@ -527,8 +537,12 @@ def test_channels_last_run_matches_the_contiguous_run(straight_run, synth_data, 
 def test_masked_attention_run_weighs_every_prediction(synth_data, tmp_path):
     """With masked attention the prediction before the first decoder layer is one more aux output:
     the train command must weigh its losses too (weighted_total drops keys without a weight)."""
-    cfg = small_cfg(apply_overrides(get_preset("maskformer_tiny"), {
-        "model.backbone": "test_resnet", "model.masked_attention": True, "solver.max_iter": 2}))
+    cfg = small_cfg(
+        apply_overrides(
+            get_preset("maskformer_tiny"),
+            {"model.backbone": "test_resnet", "model.masked_attention": True, "solver.max_iter": 2},
+        )
+    )
     out = tmp_path / "run"
     train(cfg, TrainOptions(train=str(synth_data), out=str(out), progress=False))
     first = _metrics(out)[0]

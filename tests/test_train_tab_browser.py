@@ -22,8 +22,11 @@ from app_helpers import (
 )
 from maskformer.data.synthetic import write_synthetic_dataset
 
-pytestmark = [pytest.mark.slow, pytest.mark.browser,
-              pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's /usr/bin/chromium")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's /usr/bin/chromium"),
+]
 JOB_WAIT = 400_000  # ms: the job starts two Python processes that import torch on 2 busy cores
 
 
@@ -41,9 +44,12 @@ def text_of(page, elem_id: str) -> str:
 
 
 def wait_text(page, elem_id: str, needle: str, timeout: int = BROWSER_WAIT):
-    page.wait_for_function("([id, s]) => { const e = document.getElementById(id);"
-                           " return e && e.innerText.includes(s); }", arg=[elem_id, needle],
-                           timeout=timeout)
+    page.wait_for_function(
+        "([id, s]) => { const e = document.getElementById(id);"
+        " return e && e.innerText.includes(s); }",
+        arg=[elem_id, needle],
+        timeout=timeout,
+    )
 
 
 def test_one_click_finetune_in_the_browser(tmp_path, shots):
@@ -74,8 +80,7 @@ def test_one_click_finetune_in_the_browser(tmp_path, shots):
             page.wait_for_selector("#train-progress-bar[data-state=running]")
             assert not page.locator("#train-cancel").is_disabled()
             shot(page, shots, "3-running")
-            page.wait_for_selector("#train-progress-bar[data-state=finished]",
-                                   timeout=JOB_WAIT)
+            page.wait_for_selector("#train-progress-bar[data-state=finished]", timeout=JOB_WAIT)
             wait_text(page, "train-status", "saved version v2")
             assert "iteration 3/3" in text_of(page, "train-progress")
             # The loss curve was drawn (vega renders it into the plot's canvas or svg).

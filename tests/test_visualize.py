@@ -34,7 +34,10 @@ def test_panoptic_overlay_void_and_things_jittered():
     ids[:, :10] = 1
     ids[:, 10:] = 2
     ids[:3, :3] = 0
-    segs = [{"id": 1, "category_id": 0, "isthing": True}, {"id": 2, "category_id": 0, "isthing": True}]
+    segs = [
+        {"id": 1, "category_id": 0, "isthing": True},
+        {"id": 2, "category_id": 0, "isthing": True},
+    ]
     out = render_panoptic(img, ids, segs, META, alpha=1.0, legend=False)
     assert tuple(out[1, 1]) == (0, 0, 0)  # void
     assert tuple(out[15, 5]) == jitter_color(META.colors[0], 1)
@@ -47,8 +50,9 @@ def test_instances_below_threshold_not_drawn():
     masks = np.zeros((2, 10, 10), bool)
     masks[0, :5] = True
     masks[1, 5:] = True
-    out = render_instances(img, masks, [0, 1], [0.9, 0.2], META, score_threshold=0.5, alpha=1.0,
-                           legend=False)
+    out = render_instances(
+        img, masks, [0, 1], [0.9, 0.2], META, score_threshold=0.5, alpha=1.0, legend=False
+    )
     assert out[:4].any() and not out[6:].any()
 
 

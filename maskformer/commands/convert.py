@@ -8,22 +8,33 @@ from pathlib import Path
 
 from maskformer.errors import CheckpointError
 
-HELP = ("convert an official MaskFormer .pkl/.pth or a Hugging Face MaskFormer folder into a "
-        "native .safetensors checkpoint")
+HELP = (
+    "convert an official MaskFormer .pkl/.pth or a Hugging Face MaskFormer folder into a "
+    "native .safetensors checkpoint"
+)
 
 DATASETS = ("ade20k_150", "coco_panoptic_133", "coco_stuff_171", "cityscapes_19")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("src", metavar="SRC",
-                        help="an official model-zoo .pkl / trained .pth, or a Hugging Face folder "
-                             "holding config.json and model.safetensors")
+    parser.add_argument(
+        "src",
+        metavar="SRC",
+        help="an official model-zoo .pkl / trained .pth, or a Hugging Face folder "
+        "holding config.json and model.safetensors",
+    )
     parser.add_argument("out", metavar="OUT", help="the native checkpoint to write (.safetensors)")
-    parser.add_argument("--dataset", choices=DATASETS,
-                        help="class names/colours to store (default: chosen by the class count)")
-    parser.add_argument("--preset", metavar="NAME",
-                        help="force this preset's model config instead of inferring it from the "
-                             "weights (official files only)")
+    parser.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        help="class names/colours to store (default: chosen by the class count)",
+    )
+    parser.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="force this preset's model config instead of inferring it from the "
+        "weights (official files only)",
+    )
 
 
 @dataclass(frozen=True)
@@ -41,13 +52,16 @@ class ConvertResult:
     def summary(self) -> str:
         fallback = "names from the source" if self.source_kind == "hf" else "generic names"
         names = self.dataset or fallback
-        return (f"wrote {self.out}: MaskFormer {self.backbone}, K={self.num_classes}, "
-                f"Q={self.num_queries}, {self.num_params / 1e6:.1f}M params "
-                f"(from {self.source_kind}; classes: {names})")
+        return (
+            f"wrote {self.out}: MaskFormer {self.backbone}, K={self.num_classes}, "
+            f"Q={self.num_queries}, {self.num_params / 1e6:.1f}M params "
+            f"(from {self.source_kind}; classes: {names})"
+        )
 
 
-def convert(src: str | Path, out: str | Path, *, dataset: str | None = None,
-            preset: str | None = None) -> ConvertResult:
+def convert(
+    src: str | Path, out: str | Path, *, dataset: str | None = None, preset: str | None = None
+) -> ConvertResult:
     """Convert ``src`` into a native checkpoint at ``out``; the weights are checked by loading them.
 
     Raises:
@@ -61,8 +75,10 @@ def convert(src: str | Path, out: str | Path, *, dataset: str | None = None,
     if src.is_dir():
         kind, state, cfg, meta = "hf", *_read_hf(src, dataset)
         if preset is not None:
-            raise CheckpointError("--preset applies to official files; a Hugging Face folder's "
-                                  "config.json already describes the model")
+            raise CheckpointError(
+                "--preset applies to official files; a Hugging Face folder's "
+                "config.json already describes the model"
+            )
     else:
         kind, state, cfg, meta = "official", *_read_official(src, dataset, preset)
     # Imported only now, so that a bad input is reported before timm and the model code load.
@@ -73,18 +89,26 @@ def convert(src: str | Path, out: str | Path, *, dataset: str | None = None,
     model = build_model(cfg.model)
     model.load_state_dict(match_to_model(state, model.state_dict(), str(src)))
     save_checkpoint(out, model, cfg, meta, extra={"converted_from": str(src), "source_kind": kind})
-    return ConvertResult(out=out, source_kind=kind, backbone=cfg.model.backbone,
-                         num_classes=cfg.model.num_classes, num_queries=cfg.model.num_queries,
-                         num_params=sum(p.numel() for p in model.parameters()), dataset=meta.name)
+    return ConvertResult(
+        out=out,
+        source_kind=kind,
+        backbone=cfg.model.backbone,
+        num_classes=cfg.model.num_classes,
+        num_queries=cfg.model.num_queries,
+        num_params=sum(p.numel() for p in model.parameters()),
+        dataset=meta.name,
+    )
 
 
 def _read_official(src: Path, dataset: str | None, preset: str | None):
     from maskformer.converters.official import read_and_rename
 
     if src.suffix.lower() == ".safetensors":
-        raise CheckpointError(f"{src} is a .safetensors file: a native checkpoint needs no "
-                              "conversion, and a Hugging Face one must be given as its folder "
-                              "(with config.json)")
+        raise CheckpointError(
+            f"{src} is a .safetensors file: a native checkpoint needs no "
+            "conversion, and a Hugging Face one must be given as its folder "
+            "(with config.json)"
+        )
     state, cfg = read_and_rename(src, preset=preset)
     return state, cfg, _metadata(dataset, cfg.model.num_classes)
 
@@ -107,8 +131,9 @@ def _metadata(dataset: str | None, k: int):
         return infer_metadata(k)
     meta = get_metadata(dataset)
     if meta.num_classes != k:
-        raise CheckpointError(f"--dataset {dataset} has {meta.num_classes} classes but the "
-                              f"checkpoint has {k}")
+        raise CheckpointError(
+            f"--dataset {dataset} has {meta.num_classes} classes but the checkpoint has {k}"
+        )
     return meta
 
 
@@ -122,8 +147,10 @@ def _prefer_shipped(hf_meta):
     shipped = infer_metadata(hf_meta.num_classes)
     if not shipped.name:
         return hf_meta
-    same = sum(a.strip().lower() == b.strip().lower()
-               for a, b in zip(hf_meta.class_names, shipped.class_names))
+    same = sum(
+        a.strip().lower() == b.strip().lower()
+        for a, b in zip(hf_meta.class_names, shipped.class_names)
+    )
     return shipped if same >= hf_meta.num_classes / 2 else hf_meta
 
 

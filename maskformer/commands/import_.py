@@ -6,16 +6,27 @@ import argparse
 import importlib
 from pathlib import Path
 
-HELP = ("import a folder of images, image files, a COCO panoptic dataset (folder or JSON) or a "
-        "COCO instances JSON into an app workspace")
+HELP = (
+    "import a folder of images, image files, a COCO panoptic dataset (folder or JSON) or a "
+    "COCO instances JSON into an app workspace"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("src", metavar="SRC", nargs="+",
-                        help="image files, a folder of images, a COCO panoptic folder (with "
-                             "panoptic.json) or JSON, or a COCO instances JSON")
-    parser.add_argument("--workspace", required=True, type=Path, metavar="DIR",
-                        help="the workspace folder (created if missing)")
+    parser.add_argument(
+        "src",
+        metavar="SRC",
+        nargs="+",
+        help="image files, a folder of images, a COCO panoptic folder (with "
+        "panoptic.json) or JSON, or a COCO instances JSON",
+    )
+    parser.add_argument(
+        "--workspace",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="the workspace folder (created if missing)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

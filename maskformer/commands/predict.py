@@ -12,37 +12,74 @@ import numpy as np
 
 from maskformer.errors import ImageReadError, UserError
 
-HELP = ("run a checkpoint on images (files, folders or globs) and write COCO-format results "
-        "(panoptic PNG + JSON, instance RLE results, or semantic label PNGs) and overlays")
+HELP = (
+    "run a checkpoint on images (files, folders or globs) and write COCO-format results "
+    "(panoptic PNG + JSON, instance RLE results, or semantic label PNGs) and overlays"
+)
 
 TASKS = ("panoptic", "semantic", "instance")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
-                  ".pgm", ".pbm"}
+IMAGE_SUFFIXES = {
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="CKPT",
-                        help="a native .safetensors checkpoint")
-    parser.add_argument("images", nargs="+", metavar="IMAGES",
-                        help="image files, folders (their images, sorted) or glob patterns")
-    parser.add_argument("--task", choices=TASKS,
-                        help="default: panoptic for panoptic models, else semantic")
+    parser.add_argument(
+        "--checkpoint", required=True, metavar="CKPT", help="a native .safetensors checkpoint"
+    )
+    parser.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGES",
+        help="image files, folders (their images, sorted) or glob patterns",
+    )
+    parser.add_argument(
+        "--task", choices=TASKS, help="default: panoptic for panoptic models, else semantic"
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--threshold", type=float, metavar="P",
-                        help="panoptic: keep queries whose class probability exceeds P "
-                             "(default: the checkpoint's object_mask_threshold); instance: "
-                             "overlays show instances scoring >= P (default 0.5)")
-    parser.add_argument("--overlap", type=float, metavar="F",
-                        help="panoptic: drop a query keeping less than F of its mask after "
-                             "overlaps (default: the checkpoint's overlap_threshold)")
-    parser.add_argument("--topk", type=int, metavar="N",
-                        help="instance: detections per image (default: the checkpoint's)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        metavar="P",
+        help="panoptic: keep queries whose class probability exceeds P "
+        "(default: the checkpoint's object_mask_threshold); instance: "
+        "overlays show instances scoring >= P (default 0.5)",
+    )
+    parser.add_argument(
+        "--overlap",
+        type=float,
+        metavar="F",
+        help="panoptic: drop a query keeping less than F of its mask after "
+        "overlaps (default: the checkpoint's overlap_threshold)",
+    )
+    parser.add_argument(
+        "--topk",
+        type=int,
+        metavar="N",
+        help="instance: detections per image (default: the checkpoint's)",
+    )
     parser.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda when available)")
-    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
-                        help="autocast precision for the forward pass (default fp32)")
-    parser.add_argument("--channels-last", action="store_true",
-                        help="NHWC weights: faster on CPU, outputs no longer bit-identical "
-                             "across thread counts")
+    parser.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="autocast precision for the forward pass (default fp32)",
+    )
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="NHWC weights: faster on CPU, outputs no longer bit-identical across thread counts",
+    )
     parser.add_argument("--no-overlay", action="store_true", help="skip <name>_overlay.png")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
@@ -53,8 +90,9 @@ def expand_images(patterns: list[str]) -> list[Path]:
     for p in patterns:
         path = Path(p)
         if path.is_dir():
-            found = sorted(f for f in path.iterdir()
-                           if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(
+                f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+            )
             if not found:
                 raise UserError(f"no image files in folder {path}")
             out += found
@@ -126,12 +164,24 @@ class _Writer:
         masks = inst.masks.numpy()
         cat_ids = self.meta.category_ids()
         for mask, label, score in zip(masks, inst.labels.tolist(), inst.scores.tolist()):
-            self.annotations.append({"image_id": image_id, "category_id": int(cat_ids[label]),
-                                     "segmentation": encode_rle(mask), "score": round(score, 6),
-                                     "bbox": mask_bbox(mask)})
+            self.annotations.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(cat_ids[label]),
+                    "segmentation": encode_rle(mask),
+                    "score": round(score, 6),
+                    "bbox": mask_bbox(mask),
+                }
+            )
         shown = 0.5 if self.args.threshold is None else self.args.threshold
-        return render_instances(pred.image, masks, inst.labels.tolist(), inst.scores.tolist(),
-                                self.meta, score_threshold=shown)
+        return render_instances(
+            pred.image,
+            masks,
+            inst.labels.tolist(),
+            inst.scores.tolist(),
+            self.meta,
+            score_threshold=shown,
+        )
 
     def _semantic(self, pred: Any, image_id: int, name: str) -> np.ndarray:
         from maskformer.data.coco import write_png
@@ -148,10 +198,16 @@ class _Writer:
         cats = categories_from_meta(self.meta)
         write_json(self.out / "images.json", {"images": self.images, "categories": cats})
         if self.task == "panoptic":
-            write_json(self.out / "panoptic.json",
-                       {"info": {"description": "maskformer predictions"}, "licenses": [],
-                        "images": self.images, "annotations": self.annotations,
-                        "categories": cats})
+            write_json(
+                self.out / "panoptic.json",
+                {
+                    "info": {"description": "maskformer predictions"},
+                    "licenses": [],
+                    "images": self.images,
+                    "annotations": self.annotations,
+                    "categories": cats,
+                },
+            )
             return [self.out / "panoptic.json", self.out / "panoptic"]
         if self.task == "instance":
             write_json(self.out / "instances_results.json", self.annotations)
@@ -183,14 +239,16 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out} exists and is not a folder")
     from maskformer.inference import Predictor
 
-    predictor = Predictor(args.checkpoint, device=args.device, dtype=args.dtype,
-                          channels_last=args.channels_last)
+    predictor = Predictor(
+        args.checkpoint, device=args.device, dtype=args.dtype, channels_last=args.channels_last
+    )
     task = args.task or ("panoptic" if predictor.cfg.test.panoptic_on else "semantic")
     writer = _Writer(args, predictor, task)
     names = output_names(paths)
     failed = 0
-    for path, name, image_id in _progress(list(zip(paths, names, image_ids(names))),
-                                          args.no_progress):
+    for path, name, image_id in _progress(
+        list(zip(paths, names, image_ids(names))), args.no_progress
+    ):
         try:
             pred = predictor.predict(path)
         except ImageReadError as e:

@@ -41,8 +41,14 @@ _RESNETS = {
 
 # detectron2 DeepLab stem -> timm deep stem (Sequential conv,bn,relu,conv,bn,relu,conv) + bn1.
 # Each ".norm" entry comes before its conv so that the longer prefix matches first.
-_DEEP_STEM = {"stem.conv1.norm": "conv1.1", "stem.conv1": "conv1.0", "stem.conv2.norm": "conv1.4",
-              "stem.conv2": "conv1.3", "stem.conv3.norm": "bn1", "stem.conv3": "conv1.6"}
+_DEEP_STEM = {
+    "stem.conv1.norm": "conv1.1",
+    "stem.conv1": "conv1.0",
+    "stem.conv2.norm": "conv1.4",
+    "stem.conv2": "conv1.3",
+    "stem.conv3.norm": "bn1",
+    "stem.conv3": "conv1.6",
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -63,18 +69,21 @@ def read_official_file(path: str | Path) -> dict[str, Tensor]:
                 state = obj[wrapper]
                 break
     if not isinstance(state, dict) or not state:
-        raise CheckpointError(f"{path} holds no model weights (expected a dict with a 'model' "
-                              "entry)")
+        raise CheckpointError(
+            f"{path} holds no model weights (expected a dict with a 'model' entry)"
+        )
     out: dict[str, Tensor] = {}
     for key, value in state.items():
         if isinstance(value, np.ndarray):
             value = torch.from_numpy(np.ascontiguousarray(value))
         if not isinstance(key, str) or not isinstance(value, Tensor):
-            raise CheckpointError(f"{path}: entry {key!r} of the model weights is a "
-                                  f"{type(value).__name__}, not an array")
+            raise CheckpointError(
+                f"{path}: entry {key!r} of the model weights is a "
+                f"{type(value).__name__}, not an array"
+            )
         out[key] = value
     if all(k.startswith("module.") for k in out):
-        out = {k[len("module."):]: v for k, v in out.items()}
+        out = {k[len("module.") :]: v for k, v in out.items()}
     return out
 
 
@@ -95,12 +104,12 @@ def rename_official_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def _rename(key: str, deep_stem: bool) -> str:
     if key.startswith("sem_seg_head."):
-        key = key[len("sem_seg_head."):]
+        key = key[len("sem_seg_head.") :]
         if not key.startswith(("predictor.", "pixel_decoder.")):  # the pre-v2 layout
             key = "pixel_decoder." + key
         return key
     if key.startswith(("backbone.stem.", "backbone.res")):
-        return "backbone.body." + _resnet_d2_to_timm(key[len("backbone."):], deep_stem)
+        return "backbone.body." + _resnet_d2_to_timm(key[len("backbone.") :], deep_stem)
     return key
 
 
@@ -113,7 +122,7 @@ def _resnet_d2_to_timm(key: str, deep_stem: bool) -> str:
         if deep_stem:
             for d2, timm_name in _DEEP_STEM.items():
                 if key.startswith(d2 + "."):
-                    return timm_name + key[len(d2):]
+                    return timm_name + key[len(d2) :]
             return key
         return key.replace("stem.conv1.norm.", "bn1.").replace("stem.conv1.", "conv1.")
     m = re.match(r"res(\d)\.(\d+)\.(.*)$", key)
@@ -136,21 +145,28 @@ def infer_config(state: dict[str, Tensor]) -> Config:
     released models). Dataset-level settings (test sizes, thresholds, padding) come from the preset
     whose class count matches.
     """
-    need = ("predictor.query_embed.weight", "predictor.class_embed.weight",
-            "pixel_decoder.mask_features.weight")
+    need = (
+        "predictor.query_embed.weight",
+        "predictor.class_embed.weight",
+        "pixel_decoder.mask_features.weight",
+    )
     absent = [k for k in need if k not in state]
     if absent:
-        raise CheckpointError(f"this is not a MaskFormer checkpoint: it has no {', '.join(absent)} "
-                              f"(first keys: {', '.join(list(state)[:3])})")
+        raise CheckpointError(
+            f"this is not a MaskFormer checkpoint: it has no {', '.join(absent)} "
+            f"(first keys: {', '.join(list(state)[:3])})"
+        )
     try:
         model = _infer_model_fields(state)
     except KeyError as e:
-        raise CheckpointError(f"cannot infer the model: the weights have no {e.args[0]}; "
-                              "pass --preset") from None
+        raise CheckpointError(
+            f"cannot infer the model: the weights have no {e.args[0]}; pass --preset"
+        ) from None
     base = get_preset(_base_preset(model))
     # A predictor input_proj that would exist anyway (res5 != hidden): keep the preset's flag.
-    model["enforce_input_proj"] |= ("predictor.input_proj.weight" in state
-                                    and base.model.enforce_input_proj)
+    model["enforce_input_proj"] |= (
+        "predictor.input_proj.weight" in state and base.model.enforce_input_proj
+    )
     return replace(base, model=replace(base.model, **model))
 
 
@@ -176,24 +192,28 @@ def _infer_head_input(state: dict[str, Tensor], hidden: int) -> dict[str, Any]:
     conv_dim = state["pixel_decoder.layer_1.weight"].shape[0]
     # With the encoder, the official "+N Enc" models feed its conv_dim output to the predictor.
     from_encoder = enc > 0 and (proj is None or proj.shape[1] == conv_dim)
-    return {"enc_layers": enc,
-            "transformer_in_feature": "transformer_encoder" if from_encoder else "res5",
-            "enforce_input_proj": proj is not None and proj.shape[1] == hidden}
+    return {
+        "enc_layers": enc,
+        "transformer_in_feature": "transformer_encoder" if from_encoder else "res5",
+        "enforce_input_proj": proj is not None and proj.shape[1] == hidden,
+    }
 
 
 def _infer_backbone(state: dict[str, Tensor]) -> dict[str, Any]:
     if "backbone.patch_embed.proj.weight" in state:
         return _infer_swin(state)
     if "backbone.body.layer1.0.conv1.weight" not in state:
-        raise CheckpointError("cannot tell the backbone: neither detectron2 ResNet nor Swin keys "
-                              "found; pass --preset")
+        raise CheckpointError(
+            "cannot tell the backbone: neither detectron2 ResNet nor Swin keys found; pass --preset"
+        )
     block = "bottleneck" if "backbone.body.layer1.0.conv3.weight" in state else "basic"
     depths = tuple(_count(state, f"backbone.body.layer{i}.") for i in range(1, 5))
     deep = "backbone.body.conv1.0.weight" in state
     name = _RESNETS.get((block, depths, deep))
     if name is None:
-        raise CheckpointError(f"unknown ResNet layout ({block} blocks {depths}, deep stem: "
-                              f"{deep}); pass --preset")
+        raise CheckpointError(
+            f"unknown ResNet layout ({block} blocks {depths}, deep stem: {deep}); pass --preset"
+        )
     frozen = not any(k.endswith("num_batches_tracked") for k in state)
     return {"backbone": name, "frozen_bn": frozen}
 
@@ -202,14 +222,26 @@ def _infer_swin(state: dict[str, Tensor]) -> dict[str, Any]:
     embed = state["backbone.patch_embed.proj.weight"].shape[0]
     stages = _count(state, "backbone.layers.")
     depths = tuple(_count(state, f"backbone.layers.{i}.blocks.") for i in range(stages))
-    tables = [state[f"backbone.layers.{i}.blocks.0.attn.relative_position_bias_table"]
-              for i in range(stages)]
+    tables = [
+        state[f"backbone.layers.{i}.blocks.0.attn.relative_position_bias_table"]
+        for i in range(stages)
+    ]
     heads = tuple(t.shape[1] for t in tables)
     window = (math.isqrt(tables[0].shape[0]) + 1) // 2  # the table has (2w-1)^2 rows
-    found = {"swin_embed_dim": embed, "swin_depths": depths, "swin_num_heads": heads,
-             "swin_window_size": window}
-    pretrain = next((v["swin_pretrain_img_size"] for v in SWIN_VARIANTS.values()
-                     if all(v[k] == found[k] for k in found)), 224 if window == 7 else 384)
+    found = {
+        "swin_embed_dim": embed,
+        "swin_depths": depths,
+        "swin_num_heads": heads,
+        "swin_window_size": window,
+    }
+    pretrain = next(
+        (
+            v["swin_pretrain_img_size"]
+            for v in SWIN_VARIANTS.values()
+            if all(v[k] == found[k] for k in found)
+        ),
+        224 if window == 7 else 384,
+    )
     return {"backbone": "swin", "swin_pretrain_img_size": pretrain, **found}
 
 
@@ -222,8 +254,11 @@ def _base_preset(model: dict[str, Any]) -> str:
         return "maskformer_r50_ade20k_panoptic"
     if k == 150 and model["backbone"] == "swin" and model["swin_window_size"] == 12:
         return "maskformer_swin_b_ade20k"  # the res640 recipe
-    return {171: "maskformer_r50_coco_stuff", 19: "maskformer_r101_cityscapes",
-            847: "maskformer_r50_ade20k_full"}.get(k, "maskformer_r50_ade20k")
+    return {
+        171: "maskformer_r50_coco_stuff",
+        19: "maskformer_r101_cityscapes",
+        847: "maskformer_r50_ade20k_full",
+    }.get(k, "maskformer_r50_ade20k")
 
 
 def _count(state: dict[str, Tensor], prefix: str) -> int:
@@ -239,8 +274,9 @@ def _count(state: dict[str, Tensor], prefix: str) -> int:
 # matching to the model
 
 
-def match_to_model(state: dict[str, Tensor], expected: dict[str, Tensor], source: str
-                   ) -> dict[str, Tensor]:
+def match_to_model(
+    state: dict[str, Tensor], expected: dict[str, Tensor], source: str
+) -> dict[str, Tensor]:
     """Check a renamed state dict against a model's ``state_dict()`` and complete it.
 
     Derived buffers (BN step counters, Swin index tables) the model has but the file lacks are taken
@@ -252,28 +288,41 @@ def match_to_model(state: dict[str, Tensor], expected: dict[str, Tensor], source
     """
     unused = [k for k in state if k not in expected and not k.endswith(_DERIVED)]
     missing = [k for k in expected if k not in state and not k.endswith(_DERIVED)]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(t.shape)}" for k, t in expected.items()
-             if k in state and state[k].shape != t.shape]
-    problems = [f"{len(v)} {what}: {_few(v)}" for what, v in (
-        ("weights in the file have no place in the model", unused),
-        ("weights the model needs are not in the file", missing),
-        ("weights have the wrong shape (file vs model)", wrong)) if v]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(t.shape)}"
+        for k, t in expected.items()
+        if k in state and state[k].shape != t.shape
+    ]
+    problems = [
+        f"{len(v)} {what}: {_few(v)}"
+        for what, v in (
+            ("weights in the file have no place in the model", unused),
+            ("weights the model needs are not in the file", missing),
+            ("weights have the wrong shape (file vs model)", wrong),
+        )
+        if v
+    ]
     if problems:
-        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(problems)
-                              + " (pass --preset if the inferred model is wrong)")
+        raise CheckpointError(
+            f"{source} does not fit the model: "
+            + "; ".join(problems)
+            + " (pass --preset if the inferred model is wrong)"
+        )
     return {k: state.get(k, t).to(t.dtype) for k, t in expected.items()}
 
 
-def convert_official_state_dict(state: dict[str, Tensor], cfg: Config | None = None,
-                                source: str = "the checkpoint") -> tuple[dict[str, Tensor], Config]:
+def convert_official_state_dict(
+    state: dict[str, Tensor], cfg: Config | None = None, source: str = "the checkpoint"
+) -> tuple[dict[str, Tensor], Config]:
     """Official keys -> our complete state dict, and the config (inferred unless ``cfg`` given)."""
     ours = rename_official_keys(state)
     cfg = cfg if cfg is not None else infer_config(ours)
     return _build_and_match(ours, cfg, source), cfg
 
 
-def read_and_rename(path: str | Path, cfg: Config | None = None, preset: str | None = None
-                    ) -> tuple[dict[str, Tensor], Config]:
+def read_and_rename(
+    path: str | Path, cfg: Config | None = None, preset: str | None = None
+) -> tuple[dict[str, Tensor], Config]:
     """Read an official .pkl/.pth, rename its keys, and infer the config unless one is forced.
 
     Args:
@@ -305,8 +354,9 @@ def _class_and_query_counts(state: dict[str, Tensor]) -> dict[str, int]:
     return out
 
 
-def convert_official_file(path: str | Path, cfg: Config | None = None, preset: str | None = None
-                          ) -> tuple[dict[str, Tensor], Config]:
+def convert_official_file(
+    path: str | Path, cfg: Config | None = None, preset: str | None = None
+) -> tuple[dict[str, Tensor], Config]:
     """Read and convert an official .pkl/.pth; ``preset`` (a name) or ``cfg`` forces the config."""
     ours, cfg = read_and_rename(path, cfg, preset)
     return _build_and_match(ours, cfg, str(path)), cfg

@@ -71,7 +71,8 @@ class RestrictedUnpickler(pickle.Unpickler):
         if obj is None:
             raise CheckpointError(
                 f"refusing to load {self._path}: it asks for {module}.{name}, which could run code "
-                "(only numpy arrays and plain containers are allowed)")
+                "(only numpy arrays and plain containers are allowed)"
+            )
         return obj
 
 
@@ -87,8 +88,17 @@ def load_pickle_file(path: str | Path) -> Any:
             return RestrictedUnpickler(f, path=path, encoding="latin1").load()
     except CheckpointError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, MemoryError, UnicodeDecodeError) as e:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        MemoryError,
+        UnicodeDecodeError,
+    ) as e:
         raise CheckpointError(f"cannot read {path}: not a valid pickle file ({e})") from None
 
 
@@ -103,7 +113,8 @@ def load_torch_file(path: str | Path) -> Any:
         found = re.search(r"GLOBAL ([\w.]+)", str(e)) or re.search(r"global[: ]+'?([\w.]+)", str(e))
         what = found.group(1) if found else "a Python object outside the safe list"
         raise CheckpointError(
-            f"refusing to load {path}: it asks for {what}, which could run code") from None
+            f"refusing to load {path}: it asks for {what}, which could run code"
+        ) from None
     except (RuntimeError, EOFError, ValueError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot read {path} as a PyTorch file: {first}") from None

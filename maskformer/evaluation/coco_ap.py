@@ -32,8 +32,9 @@ def encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:
     """Compressed RLEs (JSON-ready: ``counts`` as str) of (N, H, W) binary masks."""
     masks = np.asfortranarray(_as_array(masks).astype(np.uint8).transpose(1, 2, 0))  # (H, W, N)
     rles = mask_util.encode(masks) if masks.shape[2] else []
-    return [{"size": [int(s) for s in r["size"]], "counts": r["counts"].decode("ascii")}
-            for r in rles]
+    return [
+        {"size": [int(s) for s in r["size"]], "counts": r["counts"].decode("ascii")} for r in rles
+    ]
 
 
 def instances_from_panoptic(
@@ -49,7 +50,8 @@ def instances_from_panoptic(
     id_map = _as_array(id_map)
     cat_ids = meta.category_ids()
     things = [
-        s for s in segments
+        s
+        for s in segments
         if 0 <= int(s["category_id"]) < meta.num_classes and meta.isthing[int(s["category_id"])]
     ]
     idx = compact_ids(id_map, [int(s["id"]) for s in things]).reshape(id_map.shape)  # (H, W)
@@ -59,14 +61,16 @@ def instances_from_panoptic(
         area = int(mask.sum())
         if area == 0:
             continue
-        anns.append({
-            "image_id": image_id,
-            "category_id": int(cat_ids[int(seg["category_id"])]),
-            "segmentation": rle,
-            "area": area,
-            "bbox": [float(v) for v in mask_util.toBbox(rle)],
-            "iscrowd": int(bool(seg.get("iscrowd", 0))),
-        })
+        anns.append(
+            {
+                "image_id": image_id,
+                "category_id": int(cat_ids[int(seg["category_id"])]),
+                "segmentation": rle,
+                "area": area,
+                "bbox": [float(v) for v in mask_util.toBbox(rle)],
+                "iscrowd": int(bool(seg.get("iscrowd", 0))),
+            }
+        )
     return anns
 
 
@@ -85,8 +89,12 @@ def instance_results(
     keep = [i for i, c in enumerate(labels.tolist()) if meta.isthing[int(c)]]
     rles = encode_masks(masks[keep].reshape(len(keep), *masks.shape[1:]))
     return [
-        {"image_id": image_id, "category_id": int(cat_ids[int(labels[i])]),
-         "segmentation": rle, "score": float(scores[i])}
+        {
+            "image_id": image_id,
+            "category_id": int(cat_ids[int(labels[i])]),
+            "segmentation": rle,
+            "score": float(scores[i]),
+        }
         for i, rle in zip(keep, rles)
     ]
 
@@ -126,8 +134,10 @@ def _prepare_results(results: Sequence[Mapping[str, Any]], gt: COCO) -> list[dic
     out = []
     for r in results:
         if r["image_id"] not in gt.imgs:
-            raise DatasetError(f"a result refers to image_id {r['image_id']!r}, which the ground "
-                               "truth does not have")
+            raise DatasetError(
+                f"a result refers to image_id {r['image_id']!r}, which the ground "
+                "truth does not have"
+            )
         img = gt.imgs[r["image_id"]]
         r = {k: v for k, v in copy.deepcopy(dict(r)).items() if k not in ("bbox", "id", "area")}
         r["segmentation"] = _to_rle(r["segmentation"], img["height"], img["width"])
@@ -145,8 +155,9 @@ def _prepare_gt(gt: Mapping[str, Any]) -> dict[str, Any]:
         ann.setdefault("id", i + 1)
         if "area" not in ann:
             img = imgs[ann["image_id"]]
-            ann["area"] = float(mask_util.area(_to_rle(ann["segmentation"], img["height"],
-                                                         img["width"])))
+            ann["area"] = float(
+                mask_util.area(_to_rle(ann["segmentation"], img["height"], img["width"]))
+            )
     return gt
 
 
@@ -202,8 +213,13 @@ def _per_class_ap(ev: COCOeval, coco_gt: COCO) -> list[dict[str, Any]]:
         cat_id = cat_id.item() if hasattr(cat_id, "item") else cat_id  # evaluate() makes numpy ids
         p = precision[:, :, k, 0, -1]
         p = p[p > -1]
-        rows.append({"category_id": cat_id, "name": coco_gt.cats[cat_id].get("name", str(cat_id)),
-                     "AP": float(100 * p.mean()) if p.size else None})
+        rows.append(
+            {
+                "category_id": cat_id,
+                "name": coco_gt.cats[cat_id].get("name", str(cat_id)),
+                "AP": float(100 * p.mean()) if p.size else None,
+            }
+        )
     return rows
 
 
@@ -216,6 +232,12 @@ def _empty_result(coco_gt: COCO, img_ids: Sequence[Any] | None) -> dict[str, Any
     found["AP50"] = found["AP75"] = found["AP"]
     out: dict[str, Any] = {k: 0.0 if found[k] else None for k in AP_KEYS}
     with_gt = {a["category_id"] for a in gts}
-    out["per_class"] = [{"category_id": c, "name": coco_gt.cats[c].get("name", str(c)),
-                         "AP": 0.0 if c in with_gt else None} for c in coco_gt.getCatIds()]
+    out["per_class"] = [
+        {
+            "category_id": c,
+            "name": coco_gt.cats[c].get("name", str(c)),
+            "AP": 0.0 if c in with_gt else None,
+        }
+        for c in coco_gt.getCatIds()
+    ]
     return out

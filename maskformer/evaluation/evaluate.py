@@ -44,16 +44,19 @@ def _check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
 
 def _check_classes(pred_meta: DatasetMeta, meta: DatasetMeta) -> None:
     if pred_meta.num_classes != meta.num_classes:
-        raise DatasetError(f"the model predicts {pred_meta.num_classes} classes but the dataset "
-                           f"has {meta.num_classes}; evaluate on a dataset with the model's "
-                           "classes")
+        raise DatasetError(
+            f"the model predicts {pred_meta.num_classes} classes but the dataset "
+            f"has {meta.num_classes}; evaluate on a dataset with the model's "
+            "classes"
+        )
 
 
 class _Scores:
     """Accumulators of the requested tasks, fed one image at a time."""
 
-    def __init__(self, meta: DatasetMeta, tasks: tuple[str, ...],
-                 native_gt: dict[str, Any] | None = None):
+    def __init__(
+        self, meta: DatasetMeta, tasks: tuple[str, ...], native_gt: dict[str, Any] | None = None
+    ):
         self.meta, self.tasks = meta, tasks
         self.pq = PQStat(meta.num_classes)
         self.conf = SemSegConfusion(meta.num_classes, ignore_label=_IGNORE)
@@ -63,8 +66,9 @@ class _Scores:
         self.gt_anns: list[dict[str, Any]] = []
         self.results: list[dict[str, Any]] = []
 
-    def add_ground_truth(self, image_id: Any, file_name: str, id_map: np.ndarray,
-                         segments: list[dict[str, Any]]) -> None:
+    def add_ground_truth(
+        self, image_id: Any, file_name: str, id_map: np.ndarray, segments: list[dict[str, Any]]
+    ) -> None:
         self.image_ids.append(image_id)
         if "instance" in self.tasks and self.native_gt is None:
             h, w = id_map.shape
@@ -91,8 +95,15 @@ class _Scores:
 
     def _mask_ap(self) -> dict[str, Any]:
         if not self.meta.thing_ids:  # no thing classes: nothing to detect
-            return {"AP": None, "AP50": None, "AP75": None, "APs": None, "APm": None, "APl": None,
-                    "per_class": []}
+            return {
+                "AP": None,
+                "AP50": None,
+                "AP75": None,
+                "APs": None,
+                "APm": None,
+                "APl": None,
+                "per_class": [],
+            }
         if self.native_gt is not None:
             return coco_mask_ap(self.native_gt, self.results, img_ids=self.image_ids)
         gt = coco_gt_dict(self.gt_images, self.gt_anns, self.meta)
@@ -162,8 +173,7 @@ def evaluate_model(
             scores.conf.update(pred.semantic(), gt)
         if "instance" in tasks:
             inst = pred.instances()
-            scores.results += instance_results(image_id, inst.masks, inst.labels, inst.scores,
-                                               meta)
+            scores.results += instance_results(image_id, inst.masks, inst.labels, inst.scores, meta)
     out = scores.summary()
     out["num_images"] = n
     return out
@@ -201,9 +211,11 @@ def evaluate_predictions(
         return _score_panoptic_file(pred_path, data, dataset, progress)
     if isinstance(data, list) or isinstance(anns, list):
         return _score_instance_file(pred_path, data, dataset, progress)
-    raise DatasetError(f"{pred_path}: neither a COCO panoptic JSON (annotations with "
-                       "segments_info) nor COCO instance results (a list, or a dict with "
-                       "annotations)")
+    raise DatasetError(
+        f"{pred_path}: neither a COCO panoptic JSON (annotations with "
+        "segments_info) nor COCO instance results (a list, or a dict with "
+        "annotations)"
+    )
 
 
 def _score_semantic_folder(pred_dir: Path, dataset: Any, progress: bool) -> dict[str, Any]:
@@ -222,8 +234,10 @@ def _score_semantic_folder(pred_dir: Path, dataset: Any, progress: bool) -> dict
             raise DatasetError(f"{png}: cannot read the label PNG ({e})") from None
         gt_map, gt_segments = dataset.load_labels(i)
         if pred.shape != gt_map.shape:
-            raise DatasetError(f"{png}: a {pred.ndim}-d {pred.shape} label image, but the ground "
-                               f"truth is {gt_map.shape[1]}x{gt_map.shape[0]} (one channel)")
+            raise DatasetError(
+                f"{png}: a {pred.ndim}-d {pred.shape} label image, but the ground "
+                f"truth is {gt_map.shape[1]}x{gt_map.shape[0]} (one channel)"
+            )
         gt = semantic_from_segments(gt_map, gt_segments, meta.num_classes, _IGNORE)
         try:
             scores.conf.update(pred, gt)
@@ -255,8 +269,10 @@ def _match_images(dataset: Any, pred_images: dict[Any, str], pred_path: Path) ->
         key = by_stem.get(stem) if stem not in repeated else None
         key = by_id.get(str(image_id)) if key is None else key
         if key is None:
-            raise DatasetError(f"{pred_path}: no prediction for the dataset image {file_name} "
-                               f"(image_id {image_id})")
+            raise DatasetError(
+                f"{pred_path}: no prediction for the dataset image {file_name} "
+                f"(image_id {image_id})"
+            )
         matched.append(key)
     return matched
 
@@ -265,8 +281,9 @@ def _png_dir(pred_path: Path) -> Path:
     for d in (pred_path.with_suffix(""), pred_path.parent / "panoptic"):
         if d.is_dir():
             return d
-    raise DatasetError(f"{pred_path}: cannot find its PNG folder ({pred_path.stem}/ or panoptic/ "
-                       "beside it)")
+    raise DatasetError(
+        f"{pred_path}: cannot find its PNG folder ({pred_path.stem}/ or panoptic/ beside it)"
+    )
 
 
 def _contiguous(meta: DatasetMeta) -> dict[int, int]:
@@ -278,14 +295,17 @@ def _pred_segments(ann: dict[str, Any], to_contiguous: dict[int, int], where: st
     for s in ann.get("segments_info", []):
         cat = int(s["category_id"])
         if cat not in to_contiguous:
-            raise DatasetError(f"{where}: segment {s['id']} has category_id {cat}, which the "
-                               "dataset does not define")
+            raise DatasetError(
+                f"{where}: segment {s['id']} has category_id {cat}, which the "
+                "dataset does not define"
+            )
         segs.append({"id": int(s["id"]), "category_id": to_contiguous[cat]})
     return segs
 
 
-def _score_panoptic_file(pred_path: Path, data: dict[str, Any], dataset: Any,
-                         progress: bool) -> dict[str, Any]:
+def _score_panoptic_file(
+    pred_path: Path, data: dict[str, Any], dataset: Any, progress: bool
+) -> dict[str, Any]:
     meta: DatasetMeta = dataset.meta
     png_dir, to_contiguous = _png_dir(pred_path), _contiguous(meta)
     anns = {a["image_id"]: a for a in data["annotations"]}
@@ -300,8 +320,10 @@ def _score_panoptic_file(pred_path: Path, data: dict[str, Any], dataset: Any,
         pred_map = read_panoptic_png(png)
         gt_map, gt_segments = dataset.load_labels(i)
         if pred_map.shape != gt_map.shape:
-            raise DatasetError(f"{png}: size {pred_map.shape[1]}x{pred_map.shape[0]} differs from "
-                               f"the ground truth's {gt_map.shape[1]}x{gt_map.shape[0]}")
+            raise DatasetError(
+                f"{png}: size {pred_map.shape[1]}x{pred_map.shape[0]} differs from "
+                f"the ground truth's {gt_map.shape[1]}x{gt_map.shape[0]}"
+            )
         try:
             stat.add(gt_map, gt_segments, pred_map, _pred_segments(ann, to_contiguous, where))
         except ValueError as e:
@@ -312,8 +334,9 @@ def _score_panoptic_file(pred_path: Path, data: dict[str, Any], dataset: Any,
     return out
 
 
-def _score_instance_file(pred_path: Path, data: Any, dataset: Any,
-                         progress: bool) -> dict[str, Any]:
+def _score_instance_file(
+    pred_path: Path, data: Any, dataset: Any, progress: bool
+) -> dict[str, Any]:
     meta: DatasetMeta = dataset.meta
     results = data if isinstance(data, list) else data["annotations"]
     # File names: the file's own "images", else the images.json that ``predict`` writes beside it.
@@ -339,11 +362,14 @@ def _score_instance_file(pred_path: Path, data: Any, dataset: Any,
     known = set(_contiguous(meta))
     for r in results:
         if int(r["category_id"]) not in known:
-            raise DatasetError(f"{pred_path}: a result has category_id {r['category_id']}, which "
-                               "the dataset does not define")
+            raise DatasetError(
+                f"{pred_path}: a result has category_id {r['category_id']}, which "
+                "the dataset does not define"
+            )
     # Results in the dataset's image ids; those of images outside the dataset are left out.
-    scores.results = [dict(r, image_id=to_gt[r["image_id"]]) for r in results
-                      if r["image_id"] in to_gt]
+    scores.results = [
+        dict(r, image_id=to_gt[r["image_id"]]) for r in results if r["image_id"] in to_gt
+    ]
     out = scores.summary()
     out["num_images"] = len(dataset)
     return out

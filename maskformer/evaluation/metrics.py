@@ -39,8 +39,9 @@ def compact_ids(id_map: np.ndarray, seg_ids: Sequence[int]) -> np.ndarray:
     if len(ids) == 0:
         return np.zeros_like(flat)
     if len(np.unique(ids)) != len(ids) or (ids == 0).any():
-        raise ValueError(f"segment ids must be distinct and non-zero (0 is void), "
-                         f"got {ids.tolist()}")
+        raise ValueError(
+            f"segment ids must be distinct and non-zero (0 is void), got {ids.tolist()}"
+        )
     order = np.argsort(ids)
     pos = np.minimum(np.searchsorted(ids[order], flat), len(ids) - 1)
     found = ids[order][pos] == flat
@@ -242,8 +243,9 @@ class SemSegConfusion:
         if pred.size and (pred.min() < 0 or pred.max() >= k):
             raise ValueError(f"predicted labels must lie in 0..{k - 1}")
         if gt.size and (gt.min() < 0 or gt.max() > k):
-            raise ValueError(f"ground-truth labels must lie in 0..{k - 1} or be "
-                             f"{self.ignore_label}")
+            raise ValueError(
+                f"ground-truth labels must lie in 0..{k - 1} or be {self.ignore_label}"
+            )
         counts = np.bincount((k + 1) * pred + gt, minlength=(k + 1) ** 2)
         self.matrix += counts.reshape(k + 1, k + 1)
 

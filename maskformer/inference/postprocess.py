@@ -53,8 +53,12 @@ class InstanceResult:
         return int(self.labels.numel())
 
 
-def resize_mask_logits(pred_masks: torch.Tensor, padded_hw: tuple[int, int],
-                       image_hw: tuple[int, int], output_hw: tuple[int, int]) -> torch.Tensor:
+def resize_mask_logits(
+    pred_masks: torch.Tensor,
+    padded_hw: tuple[int, int],
+    image_hw: tuple[int, int],
+    output_hw: tuple[int, int],
+) -> torch.Tensor:
     """Bring stride-4 mask logits to the original image size, in the official order.
 
     Upsample to the padded input size, crop the padding away (keeping the resized image's
@@ -70,8 +74,9 @@ def resize_mask_logits(pred_masks: torch.Tensor, padded_hw: tuple[int, int],
     Returns:
         (Q, H0, W0) mask logits, same dtype as the input.
     """
-    x = F.interpolate(pred_masks[None], size=tuple(padded_hw), mode="bilinear",
-                      align_corners=False)[0]  # (Q, Hp, Wp)
+    x = F.interpolate(
+        pred_masks[None], size=tuple(padded_hw), mode="bilinear", align_corners=False
+    )[0]  # (Q, Hp, Wp)
     x = x[:, : image_hw[0], : image_hw[1]]  # (Q, Hi, Wi)
     return resize_maps(x, output_hw)
 
@@ -88,8 +93,9 @@ def class_probs(class_logits: torch.Tensor) -> torch.Tensor:
     return class_logits.float().softmax(-1)
 
 
-def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor, *,
-                       mask_probs: torch.Tensor | None = None) -> torch.Tensor:
+def semantic_inference(
+    class_logits: torch.Tensor, mask_logits: torch.Tensor, *, mask_probs: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-class scores S[c] = sum_q softmax(z_q)[c] * sigmoid(m_q); no thresholds.
 
     The no-object column is dropped after the softmax over K+1 classes.
@@ -108,8 +114,13 @@ def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor, *,
     return (probs.T @ m.reshape(q, h * w)).reshape(-1, h, w)  # (K, H, W)
 
 
-def semantic_map(class_logits: torch.Tensor, mask_logits: torch.Tensor, *,
-                 mask_probs: torch.Tensor | None = None, chunk: int = 1 << 13) -> torch.Tensor:
+def semantic_map(
+    class_logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    *,
+    mask_probs: torch.Tensor | None = None,
+    chunk: int = 1 << 13,
+) -> torch.Tensor:
     """The semantic map ``semantic_inference(...).argmax(0)``, computed without the full (K, H, W).
 
     Exact shortcut for peaked class probabilities (a trained model: most queries say no-object):
@@ -137,9 +148,9 @@ def semantic_map(class_logits: torch.Tensor, mask_logits: torch.Tensor, *,
     plan = _sparse_plan(probs, tau=0.1)
     out = torch.empty(h * w, dtype=torch.int64)
     for start in range(0, h * w, chunk):
-        block = flat[:, start:start + chunk]  # (Q, n)
+        block = flat[:, start : start + chunk]  # (Q, n)
         if plan is None:
-            out[start:start + chunk] = first_argmax(full_t @ block)
+            out[start : start + chunk] = first_argmax(full_t @ block)
             continue
         cand, rows, a_weights, e_weights = plan
         a = a_weights @ block.index_select(0, rows)  # (C, n) lower bounds of candidate scores
@@ -153,7 +164,7 @@ def semantic_map(class_logits: torch.Tensor, mask_logits: torch.Tensor, *,
         unsure = (~exact | (best <= rival + (1e-4 * best + 1e-6))).nonzero()[:, 0]
         if unsure.numel():
             labels[unsure] = first_argmax(full_t @ block[:, unsure])
-        out[start:start + chunk] = labels
+        out[start : start + chunk] = labels
     return out.reshape(h, w)
 
 
@@ -203,11 +214,16 @@ def _row_blocks(n_rows: int, row_len: int, budget: int = 1 << 20) -> list[slice]
     return [slice(s, s + step) for s in range(0, n_rows, step)]
 
 
-def panoptic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor, *,
-                       thing_ids: Iterable[int], object_mask_threshold: float = 0.8,
-                       overlap_threshold: float = 0.8,
-                       mask_probs: torch.Tensor | None = None,
-                       areas: torch.Tensor | None = None) -> PanopticResult:
+def panoptic_inference(
+    class_logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    *,
+    thing_ids: Iterable[int],
+    object_mask_threshold: float = 0.8,
+    overlap_threshold: float = 0.8,
+    mask_probs: torch.Tensor | None = None,
+    areas: torch.Tensor | None = None,
+) -> PanopticResult:
     """The official MaskFormer panoptic ("general") inference.
 
     Keep queries whose best class (softmax over K+1) is not no-object and scores above
@@ -274,8 +290,14 @@ def panoptic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor, *,
             seg["area"] += area
             lut[j] = seg["id"]
             continue
-        seg = Segment(id=len(segments) + 1, category_id=label, isthing=isthing, score=score,
-                      query=q, area=area)
+        seg = Segment(
+            id=len(segments) + 1,
+            category_id=label,
+            isthing=isthing,
+            score=score,
+            query=q,
+            area=area,
+        )
         segments.append(seg)
         if not isthing:
             stuff_memory[label] = seg
@@ -285,8 +307,9 @@ def panoptic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor, *,
     return PanopticResult(panoptic_seg, segments, dropped)
 
 
-def _weighted_argmax(probs: torch.Tensor, kept: torch.Tensor, weights: torch.Tensor,
-                     chunk: int = 1 << 14) -> torch.Tensor:
+def _weighted_argmax(
+    probs: torch.Tensor, kept: torch.Tensor, weights: torch.Tensor, chunk: int = 1 << 14
+) -> torch.Tensor:
     """argmax over the kept queries of ``weights[k] * probs[kept[k]]``, per pixel.
 
     Done in pixel blocks so each block is gathered, scaled and reduced while it is in cache.
@@ -302,8 +325,8 @@ def _weighted_argmax(probs: torch.Tensor, kept: torch.Tensor, weights: torch.Ten
     out = torch.empty(h * w, dtype=torch.int64)
     wcol = weights[:, None].to(probs.dtype)  # (Qk, 1)
     for start in range(0, h * w, chunk):
-        block = flat[:, start:start + chunk].index_select(0, kept)  # (Qk, n), a copy
-        out[start:start + chunk] = first_argmax(block.mul_(wcol))
+        block = flat[:, start : start + chunk].index_select(0, kept)  # (Qk, n), a copy
+        out[start : start + chunk] = first_argmax(block.mul_(wcol))
     return out.reshape(h, w)
 
 
@@ -345,8 +368,9 @@ def _packed_argmax(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
     return best, arg, exact
 
 
-def _threshold_drops(scores: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor,
-                     num_classes: int) -> list[DroppedQuery]:
+def _threshold_drops(
+    scores: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor, num_classes: int
+) -> list[DroppedQuery]:
     out = []
     for q in (~keep).nonzero()[:, 0].tolist():
         label = int(labels[q])
@@ -355,9 +379,14 @@ def _threshold_drops(scores: torch.Tensor, labels: torch.Tensor, keep: torch.Ten
     return out
 
 
-def instance_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor, *, topk: int = 100,
-                       thing_ids: Iterable[int] | None = None,
-                       mask_probs: torch.Tensor | None = None) -> InstanceResult:
+def instance_inference(
+    class_logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    *,
+    topk: int = 100,
+    thing_ids: Iterable[int] | None = None,
+    mask_probs: torch.Tensor | None = None,
+) -> InstanceResult:
     """Mask2Former's instance inference (MaskFormer itself has none).
 
     Take the ``topk`` (query, class) pairs by class probability over the Q x K table (no-object
@@ -402,8 +431,12 @@ def instance_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor, *,
     masks = torch.empty((len(queries), h * w), dtype=torch.bool)
     for sl in _row_blocks(len(queries), h * w):
         torch.gt(logits.index_select(0, queries[sl]), 0, out=masks[sl])
-    return InstanceResult(masks=masks.reshape(-1, h, w), labels=labels[order],
-                          scores=scores[order].float(), queries=queries)
+    return InstanceResult(
+        masks=masks.reshape(-1, h, w),
+        labels=labels[order],
+        scores=scores[order].float(),
+        queries=queries,
+    )
 
 
 def _mask_probs(mask_logits: torch.Tensor, mask_probs: torch.Tensor | None) -> torch.Tensor:

@@ -28,8 +28,14 @@ from maskformer.inference.postprocess import (
     semantic_map,
 )
 
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+_DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
 
 
 @dataclass(eq=False)
@@ -80,22 +86,30 @@ class Prediction:
         """(H0, W0) int64 contiguous class ids (argmax of the official semantic inference)."""
         return self._semantic
 
-    def panoptic(self, object_mask_threshold: float | None = None,
-                 overlap_threshold: float | None = None) -> PanopticResult:
+    def panoptic(
+        self, object_mask_threshold: float | None = None, overlap_threshold: float | None = None
+    ) -> PanopticResult:
         """The official panoptic inference; thresholds default to the model config's."""
         return panoptic_inference(
-            self.class_logits, self.mask_logits, thing_ids=self.meta.thing_ids,
+            self.class_logits,
+            self.mask_logits,
+            thing_ids=self.meta.thing_ids,
             object_mask_threshold=_default(object_mask_threshold, self.test.object_mask_threshold),
             overlap_threshold=_default(overlap_threshold, self.test.overlap_threshold),
-            mask_probs=self.mask_probs, areas=self.mask_areas)
+            mask_probs=self.mask_probs,
+            areas=self.mask_areas,
+        )
 
     def instances(self, topk: int | None = None, things_only: bool | None = None) -> InstanceResult:
         """Mask2Former-style top-k instances; by default thing classes only when panoptic is on."""
         things_only = self.test.panoptic_on if things_only is None else things_only
         return instance_inference(
-            self.class_logits, self.mask_logits,
+            self.class_logits,
+            self.mask_logits,
             topk=_default(topk, self.test.detections_per_image),
-            thing_ids=self.meta.thing_ids if things_only else None, mask_probs=self.mask_probs)
+            thing_ids=self.meta.thing_ids if things_only else None,
+            mask_probs=self.mask_probs,
+        )
 
 
 def _default(value: Any, fallback: Any) -> Any:
@@ -116,25 +130,31 @@ class Predictor:
             no longer bit-identical across machines and processes; off by default.
     """
 
-    def __init__(self, checkpoint: str | Path | tuple | nn.Module,
-                 device: str | torch.device | None = None,
-                 dtype: torch.dtype | str | None = None,
-                 channels_last: bool = False) -> None:
+    def __init__(
+        self,
+        checkpoint: str | Path | tuple | nn.Module,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        channels_last: bool = False,
+    ) -> None:
         try:
             self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         except RuntimeError as e:
             raise UserError(f"unknown device {device!r} ({e})") from None
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"device {device!r} asked for, but CUDA is not available here; "
-                            "use --device cpu")
+            raise UserError(
+                f"device {device!r} asked for, but CUDA is not available here; use --device cpu"
+            )
         self.dtype = _parse_dtype(dtype)
         model, self.cfg, self.meta = _resolve(checkpoint, self.device)
         self.model = model.to(self.device).eval()
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if self.meta.num_classes != self.cfg.model.num_classes:
-            raise CheckpointError(f"the metadata names {self.meta.num_classes} classes but the "
-                                  f"model predicts {self.cfg.model.num_classes}")
+            raise CheckpointError(
+                f"the metadata names {self.meta.num_classes} classes but the "
+                f"model predicts {self.cfg.model.num_classes}"
+            )
 
     @property
     def semantic_before_inference(self) -> bool:
@@ -149,8 +169,9 @@ class Predictor:
         """
         rgb = load_image(image)
         h0, w0 = rgb.shape[:2]
-        hi, wi = resize_shortest_edge_shape(h0, w0, self.cfg.input.min_size_test,
-                                            self.cfg.input.max_size_test)
+        hi, wi = resize_shortest_edge_shape(
+            h0, w0, self.cfg.input.min_size_test, self.cfg.input.max_size_test
+        )
         resized = rgb
         if (hi, wi) != (h0, w0):  # detectron2 resizes uint8 images with PIL, bilinear
             resized = np.asarray(Image.fromarray(rgb).resize((wi, hi), Image.BILINEAR))
@@ -172,8 +193,12 @@ class Predictor:
         with torch.no_grad():
             out = self._forward(batch.to(self.device))
         padded_hw = tuple(batch.shape[-2:])
-        return [self._prediction(rgb, tuple(x.shape[-2:]), padded_hw, out["pred_logits"][i],
-                                 out["pred_masks"][i]) for i, (rgb, x) in enumerate(prepared)]
+        return [
+            self._prediction(
+                rgb, tuple(x.shape[-2:]), padded_hw, out["pred_logits"][i], out["pred_masks"][i]
+            )
+            for i, (rgb, x) in enumerate(prepared)
+        ]
 
     def _forward(self, batch: Tensor) -> dict[str, Any]:
         if self.dtype == torch.float32:
@@ -181,8 +206,14 @@ class Predictor:
         with torch.autocast(self.device.type, dtype=self.dtype):
             return self.model(batch)
 
-    def _prediction(self, rgb: np.ndarray, image_hw: tuple[int, int], padded_hw: tuple[int, int],
-                    class_logits: Tensor, pred_masks: Tensor) -> Prediction:
+    def _prediction(
+        self,
+        rgb: np.ndarray,
+        image_hw: tuple[int, int],
+        padded_hw: tuple[int, int],
+        class_logits: Tensor,
+        pred_masks: Tensor,
+    ) -> Prediction:
         original_hw = rgb.shape[:2]
         masks = pred_masks.float()  # (Q, Hp/4, Wp/4)
         input_logits = None
@@ -192,9 +223,14 @@ class Predictor:
             input_logits = resize_mask_logits(masks, padded_hw, image_hw, image_hw)  # (Q, Hi, Wi)
             mask_logits = resize_maps(input_logits, original_hw)
             input_logits = input_logits.cpu()
-        return Prediction(class_logits=class_logits.float().cpu(), mask_logits=mask_logits.cpu(),
-                          image=rgb, meta=self.meta, test=self.cfg.test,
-                          input_mask_logits=input_logits)
+        return Prediction(
+            class_logits=class_logits.float().cpu(),
+            mask_logits=mask_logits.cpu(),
+            image=rgb,
+            meta=self.meta,
+            test=self.cfg.test,
+            input_mask_logits=input_logits,
+        )
 
 
 def resize_shortest_edge_shape(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
@@ -239,8 +275,13 @@ def _resolve(checkpoint: Any, device: torch.device) -> tuple[nn.Module, Config, 
         return model, model.cfg, model.meta
     if isinstance(checkpoint, tuple) and len(checkpoint) == 3:
         return checkpoint
-    if isinstance(checkpoint, nn.Module) and hasattr(checkpoint, "cfg") and hasattr(checkpoint,
-                                                                                    "meta"):
+    if (
+        isinstance(checkpoint, nn.Module)
+        and hasattr(checkpoint, "cfg")
+        and hasattr(checkpoint, "meta")
+    ):
         return checkpoint, checkpoint.cfg, checkpoint.meta
-    raise CheckpointError(f"Predictor needs a checkpoint path, a (model, cfg, meta) tuple or a model "
-                          f"with .cfg and .meta, got {type(checkpoint).__name__}")
+    raise CheckpointError(
+        f"Predictor needs a checkpoint path, a (model, cfg, meta) tuple or a model "
+        f"with .cfg and .meta, got {type(checkpoint).__name__}"
+    )

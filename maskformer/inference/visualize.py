@@ -22,8 +22,13 @@ def jitter_color(color: Sequence[int], key: int, amount: int = 40) -> RGB:
     return tuple(int(v) for v in np.clip(c, 0, 255))
 
 
-def blend(image: np.ndarray, color_map: np.ndarray, where: np.ndarray, alpha: float = 0.55,
-          borders: bool = True) -> np.ndarray:
+def blend(
+    image: np.ndarray,
+    color_map: np.ndarray,
+    where: np.ndarray,
+    alpha: float = 0.55,
+    borders: bool = True,
+) -> np.ndarray:
     """Mix ``color_map`` into ``image`` on ``where`` and draw white boundaries between regions.
 
     Args:
@@ -54,7 +59,9 @@ def region_borders(label_map: np.ndarray, where: np.ndarray) -> np.ndarray:
     return edge & (where | np.roll(where, 1, 0) | np.roll(where, 1, 1))
 
 
-def add_legend(picture: np.ndarray, entries: Sequence[LegendEntry], max_rows: int = 40) -> np.ndarray:
+def add_legend(
+    picture: np.ndarray, entries: Sequence[LegendEntry], max_rows: int = 40
+) -> np.ndarray:
     """Append a white panel on the right listing colour swatches and names (first ``max_rows``)."""
     if not entries:
         return picture
@@ -87,8 +94,13 @@ def _font(size: int) -> Any:
         return ImageFont.load_default()
 
 
-def render_semantic(image: np.ndarray, sem_seg: np.ndarray, meta: DatasetMeta,
-                    alpha: float = 0.55, legend: bool = True) -> np.ndarray:
+def render_semantic(
+    image: np.ndarray,
+    sem_seg: np.ndarray,
+    meta: DatasetMeta,
+    alpha: float = 0.55,
+    legend: bool = True,
+) -> np.ndarray:
     """Colour each pixel by its class; the legend lists the classes present, largest first.
 
     Args:
@@ -108,8 +120,14 @@ def render_semantic(image: np.ndarray, sem_seg: np.ndarray, meta: DatasetMeta,
     return add_legend(out, [(meta.class_names[c], tuple(meta.colors[c])) for c in order])
 
 
-def render_panoptic(image: np.ndarray, panoptic_seg: np.ndarray, segments: Sequence[dict],
-                    meta: DatasetMeta, alpha: float = 0.55, legend: bool = True) -> np.ndarray:
+def render_panoptic(
+    image: np.ndarray,
+    panoptic_seg: np.ndarray,
+    segments: Sequence[dict],
+    meta: DatasetMeta,
+    alpha: float = 0.55,
+    legend: bool = True,
+) -> np.ndarray:
     """Colour each segment (things jittered per instance); void pixels stay the plain image.
 
     Args:
@@ -136,9 +154,16 @@ def render_panoptic(image: np.ndarray, panoptic_seg: np.ndarray, segments: Seque
     return add_legend(out, entries) if legend else out
 
 
-def render_instances(image: np.ndarray, masks: np.ndarray, labels: Sequence[int],
-                     scores: Sequence[float], meta: DatasetMeta, score_threshold: float = 0.5,
-                     alpha: float = 0.55, legend: bool = True) -> np.ndarray:
+def render_instances(
+    image: np.ndarray,
+    masks: np.ndarray,
+    labels: Sequence[int],
+    scores: Sequence[float],
+    meta: DatasetMeta,
+    score_threshold: float = 0.5,
+    alpha: float = 0.55,
+    legend: bool = True,
+) -> np.ndarray:
     """Paint instances with score >= ``score_threshold`` (lowest score first, best on top).
 
     Args:
@@ -148,12 +173,22 @@ def render_instances(image: np.ndarray, masks: np.ndarray, labels: Sequence[int]
         scores: (N,) confidence.
     """
     masks = np.asarray(masks, bool)
-    keep = [i for i in np.argsort(np.asarray(scores, np.float64), kind="stable")
-            if scores[i] >= score_threshold]
+    keep = [
+        i
+        for i in np.argsort(np.asarray(scores, np.float64), kind="stable")
+        if scores[i] >= score_threshold
+    ]
     id_map = np.zeros(image.shape[:2], np.int64)
     segments = []
     for rank, i in enumerate(keep, start=1):
         id_map[masks[i]] = rank
-        segments.append({"id": rank, "category_id": int(labels[i]), "isthing": True,
-                         "score": float(scores[i]), "area": int(masks[i].sum())})
+        segments.append(
+            {
+                "id": rank,
+                "category_id": int(labels[i]),
+                "isthing": True,
+                "score": float(scores[i]),
+                "area": int(masks[i].sum()),
+            }
+        )
     return render_panoptic(image, id_map, segments, meta, alpha, legend)

@@ -11,8 +11,12 @@ from maskformer.config import DatasetMeta, generic_meta
 _DIR = Path(__file__).parent
 
 # Class count -> dataset, used when a checkpoint does not say which dataset it was trained on.
-_BY_NUM_CLASSES = {150: "ade20k_150", 133: "coco_panoptic_133", 171: "coco_stuff_171",
-                   19: "cityscapes_19"}
+_BY_NUM_CLASSES = {
+    150: "ade20k_150",
+    133: "coco_panoptic_133",
+    171: "coco_stuff_171",
+    19: "cityscapes_19",
+}
 
 
 def available_metadata() -> tuple[str, ...]:
@@ -29,8 +33,9 @@ def get_metadata(name: str) -> DatasetMeta:
     """
     path = _DIR / f"{name}.json"
     if name not in available_metadata():
-        raise KeyError(f"unknown dataset metadata {name!r}; choose one of: "
-                       f"{', '.join(available_metadata())}")
+        raise KeyError(
+            f"unknown dataset metadata {name!r}; choose one of: {', '.join(available_metadata())}"
+        )
     d = json.loads(path.read_text())
     cats = d["categories"]
     return DatasetMeta(

@@ -133,9 +133,9 @@ class TransformerPredictor(nn.Module):
         return {
             "pred_logits": preds[-1][0],
             "pred_masks": preds[-1][1],
-            "aux_outputs": [
-                {"pred_logits": c, "pred_masks": m} for c, m in preds[:-1]
-            ] if keep_aux else [],
+            "aux_outputs": [{"pred_logits": c, "pred_masks": m} for c, m in preds[:-1]]
+            if keep_aux
+            else [],
         }
 
 

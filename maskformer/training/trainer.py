@@ -48,8 +48,11 @@ def amp_dtype(enabled: bool, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     if device.type == "cuda":
         return torch.float16
-    warnings.warn("solver.amp: this CPU has no native bf16 (AVX512-BF16 or AMX), where bf16 "
-                  "is slower than fp32; training in fp32", stacklevel=2)
+    warnings.warn(
+        "solver.amp: this CPU has no native bf16 (AVX512-BF16 or AMX), where bf16 "
+        "is slower than fp32; training in fp32",
+        stacklevel=2,
+    )
     return None
 
 
