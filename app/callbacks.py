@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from app import editing, render, transfer
 from app.editing import Annotation, EditError
 from app.session import Session
 from app.store import Workspace
 from maskformer.errors import ImageReadError, UserError
+from maskformer.inference import Prediction
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 THUMB_SIDE = 96  # gallery thumbnail size (longer side, pixels)
@@ -105,10 +104,9 @@ def open_image(ctx: AppContext, s: Session, image_id: int, score: float, overlap
     pred = ctx.predictor.predict(image)
     s.start(rec.id, rec.name, image)
     s.prediction = pred
-    s.mask_probs = pred.mask_probs  # (Q, H, W), cached on the Prediction for every re-merge
     s.semantic = pred.semantic()
     s.instances = pred.instances()
-    s.thumbs = _thumbnails(image, s.mask_probs)
+    s.thumbs = _thumbnails(image, pred)
     _merge(ctx, s, score, overlap)
     stored = ws.load_annotation(rec.id)
     if stored is not None and rec.status == "corrected":
@@ -127,12 +125,9 @@ def open_image(ctx: AppContext, s: Session, image_id: int, score: float, overlap
     return s
 
 
-def _thumbnails(image: np.ndarray, mask_probs: torch.Tensor) -> list[np.ndarray]:
+def _thumbnails(image: np.ndarray, pred: Prediction) -> list[np.ndarray]:
     h, w = render.thumbnail_size(*image.shape[:2], THUMB_SIDE)
-    small = F.interpolate(
-        mask_probs[None], size=(h, w), mode="bilinear", antialias=True, align_corners=False
-    )[0]  # (Q, h, w)
-    return render.thumbnails(image, small.clamp(0, 1).numpy())
+    return render.thumbnails(image, pred.thumbnail_probs(h, w).numpy())  # (Q, h, w)
 
 
 # ------------------------------------------------------------------------------------ merging
@@ -263,11 +258,11 @@ def accept_query(ctx: AppContext, s: Session, query: Any) -> Session:
     if query is None or query == "":
         raise EditError("choose a dropped query first")
     q = int(query)
-    if not 0 <= q < s.mask_probs.shape[0]:
+    if not 0 <= q < s.prediction.num_queries:
         raise EditError(f"query {q} does not exist")
     probs = s.prediction.class_probs[q, :-1]  # (K,)
     label = int(probs.argmax())
-    mask = (s.mask_probs[q] >= 0.5).numpy()
+    mask = s.prediction.query_mask(q).numpy()
     if not mask.any():
         raise EditError(f"query {q} has no pixel with mask probability >= 0.5")
     ann, sid = editing.add_segment(

@@ -21,7 +21,6 @@ class Session:
         image: (H, W, 3) uint8 RGB.
         prediction: the engine's ``Prediction`` for the image (class and mask logits, cached so
             threshold changes re-merge without running the model).
-        mask_probs: (Q, H, W) float32 ``sigmoid(mask_logits)``, cached for fast re-merges.
         merged: the ``PanopticResult`` at the current thresholds.
         semantic: (H, W) int64 semantic map (model classes); instances: ``InstanceResult``.
         thumbs: one heatmap thumbnail per query, (h, w, 3) uint8.
@@ -36,7 +35,6 @@ class Session:
     image_name: str = ""
     image: np.ndarray | None = None
     prediction: Any = None
-    mask_probs: Any = None
     merged: Any = None
     semantic: Any = None
     instances: Any = None
@@ -86,7 +84,7 @@ class Session:
     def start(self, image_id: int, name: str, image: np.ndarray) -> None:
         """Forget the previous image (and its history) and open another."""
         self.image_id, self.image_name, self.image = image_id, name, image
-        self.prediction = self.mask_probs = self.merged = self.annotation = None
+        self.prediction = self.merged = self.annotation = None
         self.semantic = self.instances = None
         self.thumbs = []
         self.edited = self.dirty = False

@@ -149,14 +149,14 @@ def query_detail(meta: Any, s: Session, q: int) -> QueryDetail:
     """Mask probability heatmap, top-5 classes, mask area and fate of query q."""
     if s.prediction is None:
         raise EditError("open an image first")
-    num_q = s.mask_probs.shape[0]
+    num_q = s.prediction.num_queries
     if not 0 <= q < num_q:
         raise EditError(f"query {q} does not exist (the model has {num_q} queries)")
-    probs = s.mask_probs[q].numpy()  # (H, W)
+    probs = s.prediction.query_probs(q).numpy()  # (H, W)
     cls = s.prediction.class_probs[q]  # (K+1,)
     top = cls.topk(min(5, cls.numel()))
     top5 = {class_name(meta, int(i)): float(p) for p, i in zip(top.values, top.indices)}
-    area = int((probs >= 0.5).sum())
+    area = s.prediction.query_area(q)
     text = f"query {q}: mask area {area} px (probability >= 0.5); {query_fate(meta, s, q)}"
     return QueryDetail(render.heatmap(s.image, probs), top5, text)
 
@@ -172,7 +172,7 @@ def probe(meta: Any, ws: Workspace, s: Session, x: int, y: int) -> tuple[str, li
     h, w = s.image.shape[:2]
     if not (0 <= x < w and 0 <= y < h):
         raise EditError(f"pixel ({x}, {y}) lies outside the {w}x{h} image")
-    mask_p = s.mask_probs[:, y, x].numpy()  # (Q,)
+    mask_p = s.prediction.pixel_probs(x, y).numpy()  # (Q,)
     labels, scores = query_scores(s)
     claim = np.nonzero(mask_p >= 0.5)[0]
     claim = claim[np.argsort(-(mask_p[claim] * scores[claim]), kind="stable")]

@@ -51,7 +51,7 @@ def main() -> None:
         ctx = cb.AppContext(
             predictor=None, workspace=ws, meta=meta, class_categories=ws.ensure_meta(meta)
         )
-        s = Session(image_id=1, image=image, prediction=pred, mask_probs=pred.mask_probs)
+        s = Session(image_id=1, image=image, prediction=pred)
         cb.remerge(ctx, s, 0.8, 0.8)  # fills the Prediction's caches, as opening an image does
         pairs = iter([(0.8, 0.8), (0.7, 0.75)] * (args.repeats + 1))
         merge = median_ms(lambda: cb.remerge(ctx, s, *next(pairs)), args.repeats)

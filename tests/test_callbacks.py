@@ -318,7 +318,8 @@ def test_real_tiny_model_end_to_end(tmp_path):
     ckpt = tiny_checkpoint(tmp_path / "tiny.safetensors")
     ctx = cb.make_context(Predictor(ckpt, device="cpu"), Workspace(tmp_path / "ws"), ckpt)
     s = cb.open_example(ctx, Session(), "shapes_3.png", 0.0, 0.0)
-    assert s.mask_probs.shape == (20, 192, 192)
+    assert s.prediction.num_queries == 20
+    assert s.prediction.query_probs(0).shape == (192, 192)
     ref = s.prediction.panoptic(0.0, 0.0)
     np.testing.assert_array_equal(s.annotation.id_map, ref.panoptic_seg.numpy())
     assert len(views.gallery(ctx.meta, s, False)) == 20

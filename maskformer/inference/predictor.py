@@ -100,6 +100,40 @@ class Prediction:
             areas=self.mask_areas,
         )
 
+    # Per-query and per-pixel views. Callers (the app, the CLI) use these instead of indexing
+    # full-size tensors, so the Prediction is free to keep its outputs at a lower resolution.
+
+    @property
+    def num_queries(self) -> int:
+        return int(self.class_logits.shape[0])
+
+    def query_probs(self, q: int) -> Tensor:
+        """(H0, W0) float32 mask probability of query ``q`` at the original size."""
+        return self.mask_probs[int(q)]
+
+    def query_mask(self, q: int) -> Tensor:
+        """(H0, W0) bool: pixels where query ``q``'s mask probability is >= 0.5."""
+        return self.query_probs(q) >= 0.5
+
+    def query_area(self, q: int) -> int:
+        """Pixels of query ``q`` with mask probability >= 0.5 (the merge's "original area")."""
+        return int(self.mask_areas[int(q)])
+
+    def pixel_probs(self, x: int, y: int) -> Tensor:
+        """(Q,) float32 mask probability of every query at pixel (x, y) of the original image."""
+        return self.mask_probs[:, int(y), int(x)]
+
+    def thumbnail_probs(self, h: int, w: int) -> Tensor:
+        """(Q, h, w) float32 mask probabilities resized (antialiased bilinear) to a small size."""
+        small = F.interpolate(
+            self.mask_probs[None],
+            size=(h, w),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        )[0]
+        return small.clamp_(0, 1)
+
     def instances(self, topk: int | None = None, things_only: bool | None = None) -> InstanceResult:
         """Mask2Former-style top-k instances; by default thing classes only when panoptic is on."""
         things_only = self.test.panoptic_on if things_only is None else things_only
@@ -155,6 +189,11 @@ class Predictor:
                 f"the metadata names {self.meta.num_classes} classes but the "
                 f"model predicts {self.cfg.model.num_classes}"
             )
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **kwargs: Any) -> Predictor:
+        """A Predictor on a checkpoint file; ``kwargs`` as for the constructor."""
+        return cls(path, **kwargs)
 
     @property
     def semantic_before_inference(self) -> bool:
