@@ -56,6 +56,9 @@ def register_version(ws: Workspace, resolved: ResolvedCheckpoint) -> ModelVersio
 
 
 def _source_metrics(resolved: ResolvedCheckpoint) -> dict[str, Any]:
+    """A converted model's origin; a native file is its own source (the row shows its name)."""
+    if resolved.kind == "native":
+        return {}
     return {"source": resolved.describe(), "source_kind": resolved.kind}
 
 

@@ -130,7 +130,8 @@ def resolve_checkpoint(
     if progress:
         progress(0.3, f"checking {source}")
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    out = cache / f"{_slug(source)}-{_content_key(kind, files)}.safetensors"
+    name = source.split("@")[0] if kind == "hub" else source  # a revision: same content, same file
+    out = cache / f"{_slug(name)}-{_content_key(kind, files)}.safetensors"
     if out.is_file():
         return ResolvedCheckpoint(out, source, kind, converted=False)
     if progress:

@@ -291,3 +291,33 @@ def test_app_loads_a_hub_model_as_a_version(ade_hf, hub_env, tmp_path):
     with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE"):
         ms.load_into_app(ctx, ModelSwitcher(ctx, "cpu"), "acme/absent")
     assert ctx.model_version_id == v.id  # a failed load leaves the app's model as it was
+
+
+@pytest.mark.slow
+def test_launch_and_the_train_tab_take_any_checkpoint(ade_hf, tmp_path):
+    """``launch.py --checkpoint HF_FOLDER`` serves the converted model (kept in the workspace);
+    the Train tab's "Load a model" (its API) switches to another checkpoint and names it."""
+    from gradio_client import Client
+
+    from app.store import Workspace
+    from app_helpers import AppServer, tiny_checkpoint
+
+    folder, _ = ade_hf
+    ws_dir = tmp_path / "ws"
+    server = AppServer(folder, ws_dir, tmp_path / "server.log").wait()
+    try:
+        ws = Workspace(ws_dir)
+        (active,) = [v for v in ws.model_versions() if v.active]
+        assert active.metrics["source"] == f"{folder} (Hugging Face folder)"
+        assert Path(active.path).parent == ws_dir / "models" / "converted"
+        tiny = tiny_checkpoint(tmp_path / "tiny.safetensors")
+        client = Client(server.url, verbose=False)
+        said, table, *_, line = client.predict(str(tiny), api_name="/load_model_source")
+        assert "The app now uses **v2** (tiny.safetensors)" in said
+        assert "v2" in line and "8 classes" in line
+        rows = table["data"] if isinstance(table, dict) else table
+        assert [r[1] for r in rows] == ["tiny.safetensors", f"{folder} (Hugging Face folder)"]
+    finally:
+        server.stop()
+    log = (tmp_path / "server.log").read_text()
+    assert f"model {folder} (Hugging Face folder)" in log

@@ -107,8 +107,8 @@ def _snapshot(
             ) from None
         raise CheckpointError(
             f"cannot download {repo_id} from the Hugging Face hub (no connection?) and it is not "
-            f"in the cache ({cache}); give a local folder, or set HF_HUB_CACHE to a cache that "
-            "has it"
+            f"in the cache ({cache}); give a local folder, or (with no network) set HF_HUB_OFFLINE=1 "
+            "and HF_HUB_CACHE to a cache that has it"
         ) from None
     except (RepositoryNotFoundError, GatedRepoError):
         raise CheckpointError(
