@@ -522,26 +522,14 @@ def _tiny(backbone: str = "resnet10t") -> Config:
 
 
 def _demo() -> Config:
-    """The shipped demo model's recipe: the tiny model with its decoder reading the stride-4 res2
-    features instead of res5 (an official TRANSFORMER_IN_FEATURE choice). At 128 px res5 is a 4 x 4
-    grid, too coarse for 20 queries to tell small shapes apart: in 300-iteration trials on the
-    synthetic data the matched-query CE fell to 1.85 (res5), 1.37 (res3) and 1.13 (res2).
-    The classification loss weighs more than the official 1: with 1 the stuff classes were learnt but the
-    matched queries' CE stayed near 1.0 after 500 iterations; with 2 it fell to 0.31, and the
-    3000-iteration run went from PQ 32.2 to 46.7. The synthetic train and val images share one
-    scale, so training keeps it (no short-side jitter) and skips the colour jitter: in
-    1000-iteration trials PQ 32.6 -> 36.7 -> 38.7. bf16 autocast where the CPU has it (~25 %
-    more images/s, same PQ). The model under-fits within the 30-minute budget (the 7000-iteration
-    model scored the same on its training images as on val), so iterations fill the budget.
-    Class and dice loss weights 3 (official: 1 and 1; focal stays 20): the previous model's thing
-    masks, not their labels, were what it got wrong, and in 2000-iteration trials dice 3 gave PQ
-    47.8 -> 51.7 (dice 5 starved the classification: 21.0); the full run went from PQ 72.5 to 74.4.
-    Mask2Former's masked attention (not MaskFormer's; off in every other preset) with 3 decoder
-    layers: the misses left were touching instances split among queries or merged, and a query
-    that attends only inside its previous mask is meant to keep to one. Full runs (8000 iterations
-    unless said): without it 74.4; with it and 2 layers 76.1; with 3 layers, 7000 iterations
-    (25.5 minutes at ~39 images/s) 78.8 and 7500 iterations (29.1 minutes at ~35 images/s) 80.1.
-    Trials and curves: checkpoints/README.md."""
+    """The shipped demo model's recipe (checkpoints/README.md; why each setting: docs/demo_recipe.md).
+
+    The tiny model with its decoder on the stride-4 ``res2`` features (at 128 px ``res5`` is a
+    4 x 4 grid), Mask2Former's masked attention with 3 decoder layers (not MaskFormer's decoder;
+    off in every other preset), class and dice loss weights 3 (official 1 and 1), no scale or
+    colour jitter (the synthetic train and val images share one scale), bf16 autocast on CPUs
+    with native bf16, and as many iterations as fit in 30 minutes on a 2-core CPU.
+    """
     cfg = _tiny("resnet10t")
     return replace(
         cfg,
