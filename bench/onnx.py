@@ -17,10 +17,14 @@ import sys
 import time
 from pathlib import Path
 
+# This file is named onnx.py: take its folder off the import path, or `import onnx` (inside the
+# exporter) would import this script; then add the repository root (run from anywhere).
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
 import torch
 from torch import nn
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
 from maskformer.config import generic_meta, get_preset
 from maskformer.deploy import onnx_bytes
