@@ -3,7 +3,8 @@
 Metadata keys (all strings): ``format`` = "maskformer-studio", ``format_version``, ``config``
 (JSON of ``config_to_dict(cfg)``), ``meta`` (JSON of ``DatasetMeta.to_dict()``), ``extra`` (JSON).
 Official (.pkl/.pth) and Hugging Face checkpoints are turned into this format by
-``python -m maskformer convert``; nothing here reads them.
+``maskformer.sources`` (once, cached) or ``python -m maskformer convert``; nothing here reads them.
+``load_model`` returns a typed ``LoadedModel`` (model, config, class metadata, load report).
 """
 
 from __future__ import annotations
