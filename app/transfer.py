@@ -13,8 +13,8 @@ from pathlib import Path
 from app.store import NewAnnotation, NewImage, Workspace, prepare_image
 from maskformer.config import DatasetMeta
 from maskformer.data import open_dataset
+from maskformer.data.base import IMAGE_EXTENSIONS
 from maskformer.data.coco import write_coco_instances, write_coco_panoptic
-from maskformer.data.datasets import IMAGE_EXTENSIONS
 from maskformer.errors import DatasetError, ImageReadError, UserError
 
 FORMATS = ("coco-panoptic", "coco-instances")

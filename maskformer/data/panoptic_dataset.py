@@ -9,18 +9,19 @@ from typing import Any
 import numpy as np
 
 from maskformer.config import DatasetMeta
-from maskformer.data.coco import read_json, read_panoptic_png
-from maskformer.data.coco_checks import parse_categories, parse_images
-from maskformer.data.datasets import (
+from maskformer.data.base import (
     LabeledDataset,
     Problems,
-    _hw,
     check_type,
+    format_hw,
     image_header_size,
+    inside,
     meta_from_categories,
     override_meta,
     segments_with_area,
 )
+from maskformer.data.coco import read_json, read_panoptic_png
+from maskformer.data.coco_checks import parse_categories, parse_images
 from maskformer.errors import DatasetError
 
 
@@ -116,8 +117,10 @@ class CocoPanopticDataset(LabeledDataset):
                     "which is not in categories"
                 )
                 continue
-            if s["id"] <= 0 or s["id"] in seen:
-                problems.add(f"{sat}.id {s['id']} is not a positive, unique segment id")
+            if not 0 < s["id"] < 1 << 24 or s["id"] in seen:  # ids are RGB triples in the PNG
+                problems.add(
+                    f"{sat}.id {s['id']} is not a unique segment id in 1 .. 2^24 - 1"[:300]
+                )
                 continue
             seen.add(s["id"])
             cls = contiguous[s["category_id"]]
@@ -132,17 +135,20 @@ class CocoPanopticDataset(LabeledDataset):
         return segs
 
     def _check_files(self, problems: Problems) -> None:
+        jname = self.rel(self.json_path)
         for it in self._items:
-            if not (self.image_dir / it.file_name).is_file():
-                problems.add(
-                    f"{self.rel(self.image_dir / it.file_name)}: image file not found "
-                    f"(listed in {self.rel(self.json_path)})"
-                )
-            if not (self.png_dir / it.png_name).is_file():
-                problems.add(
-                    f"{self.rel(self.png_dir / it.png_name)}: panoptic PNG not found "
-                    f"(listed in {self.rel(self.json_path)})"
-                )
+            for folder, name, what in (
+                (self.image_dir, it.file_name, "image file"),
+                (self.png_dir, it.png_name, "panoptic PNG"),
+            ):
+                path = inside(folder, name)
+                if path is None:
+                    problems.add(
+                        f"{jname}: file_name {name[:200]!r} leaves the {what}'s folder "
+                        f"{self.rel(folder)}/ (absolute, '..' or a symlink out)"
+                    )
+                elif not path.is_file():
+                    problems.add(f"{self.rel(path)}: {what} not found (listed in {jname})")
 
     # ----------------------------------------------------------------------------------------
 
@@ -172,6 +178,9 @@ class CocoPanopticDataset(LabeledDataset):
         id_map[~np.isin(id_map, known)] = 0  # ids without segments_info are void
         return id_map, segments_with_area(id_map, segments)
 
+    def source_files(self, i: int) -> list[Path]:
+        return [self.image_path(i), self.png_path(i)]
+
     def problems(self, i: int) -> list[str]:
         it, png = self._items[i], self.rel(self.png_path(i))
         ids_map = self._read_png(i)
@@ -180,11 +189,11 @@ class CocoPanopticDataset(LabeledDataset):
         img = self.rel(self.image_path(i))
         if (h, w) != ids_map.shape:
             out.append(
-                f"{png}: size {_hw(ids_map.shape)} differs from its image {img} ({_hw((h, w))})"
+                f"{png}: size {format_hw(ids_map.shape)} differs from its image {img} ({format_hw((h, w))})"
             )
         if it.size is not None and it.size != (h, w):
             out.append(
-                f"{img}: size {_hw((h, w))} differs from {self.rel(self.json_path)} "
+                f"{img}: size {format_hw((h, w))} differs from {self.rel(self.json_path)} "
                 f"(height {it.size[0]}, width {it.size[1]})"
             )
         present = set(np.unique(ids_map).tolist()) - {0}
