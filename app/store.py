@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
+import logging
+import shutil
 import sqlite3
+import tempfile
 import threading
+import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 from PIL import Image
@@ -21,6 +27,11 @@ from maskformer.config import DatasetMeta, default_colors
 from maskformer.data.coco import atomic_write_bytes, id2rgb, png_bytes, rgb2id
 from maskformer.errors import ImageReadError, UserError
 from maskformer.image_io import load_image
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 STATUSES = ("unseen", "predicted", "corrected")
 _FORMAT_EXT = {
@@ -71,6 +82,23 @@ CREATE TABLE IF NOT EXISTS annotations (
 
 class WorkspaceError(UserError):
     """A workspace operation that cannot be done (unknown image or category, bad annotation)."""
+
+
+class WorkspaceLockedError(WorkspaceError):
+    """Another process held the workspace's write lock for longer than the wait allows."""
+
+
+class WorkspaceFullError(WorkspaceError):
+    """The disk (or the database's size limit) is full: nothing of the write was kept."""
+
+
+class WorkspaceReadOnlyError(WorkspaceError):
+    """The workspace is on a read-only file system or not writable by this process."""
+
+
+# Names go into every response that lists classes or images: bounded, printable, one line.
+MAX_CATEGORY_NAME = 100
+MAX_IMAGE_NAME = 255
 
 
 @dataclass(frozen=True)
@@ -128,20 +156,43 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def check_category_name(name: str) -> str:
+    """The name stripped; WorkspaceError if it is empty, too long or has control characters."""
+    name = str(name).strip()
+    if not name:
+        raise WorkspaceError("a category name may not be empty")
+    if len(name) > MAX_CATEGORY_NAME:
+        raise WorkspaceError(
+            f"category name {name[:40]!r}... is {len(name)} characters long; the limit is "
+            f"{MAX_CATEGORY_NAME}"
+        )
+    if not name.isprintable():
+        raise WorkspaceError(f"category name {name[:40]!r} has control characters")
+    return name
+
+
+def image_name(name: str) -> str:
+    """A file name as shown and stored: its last part, printable, at most MAX_IMAGE_NAME chars."""
+    name = "".join(c if c.isprintable() else "_" for c in Path(str(name)).name) or "image"
+    if len(name) > MAX_IMAGE_NAME:
+        suffix = Path(name).suffix[:16]
+        name = name[: MAX_IMAGE_NAME - len(suffix)] + suffix
+    return name
+
+
 def prepare_image(data: bytes, name: str) -> NewImage:
     """Decode ``data`` once (``load_image`` rejects empty, corrupt, oversized files) and hash it."""
+    name = image_name(name)
     try:
         h, w = load_image(bytes(data)).shape[:2]
     except ImageReadError as e:
-        raise ImageReadError(f"{Path(name).name}: {e}") from None
+        raise ImageReadError(f"{name}: {e}") from None
     with Image.open(io.BytesIO(data)) as im:
         ext = _FORMAT_EXT.get(im.format or "", "")
     if not ext:  # a format we decode but do not keep as is: store a lossless PNG
         data = png_bytes(load_image(bytes(data)))
         ext = ".png"
-    return NewImage(
-        bytes(data), Path(name).name or "image", hashlib.sha256(data).hexdigest(), ext, h, w
-    )
+    return NewImage(bytes(data), name, hashlib.sha256(data).hexdigest(), ext, h, w)
 
 
 def encode_id_map(id_map: np.ndarray) -> bytes:
@@ -159,48 +210,156 @@ class Workspace:
     """A folder with ``workspace.sqlite`` and ``images/``; safe to share between threads.
 
     Every method that writes runs in one ``BEGIN IMMEDIATE`` transaction, so a crash leaves either
-    the old or the new state. Image files are written (atomically) before the row that names them.
+    the old or the new state. Image files are written (atomically) before the row that names them;
+    files a crash left unreferenced are removed the next time the workspace is opened.
+
+    A workspace that cannot be written (a read-only file system, no permission) opens read-only:
+    everything can be viewed and exported to another folder, and every write raises
+    ``WorkspaceReadOnlyError``. ``read_only=True`` asks for that mode explicitly.
     """
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, *, read_only: bool = False, lock_timeout: float = 30.0):
         self.root = Path(root)
-        (self.root / "images").mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / "workspace.sqlite"
+        self.lock_timeout = float(lock_timeout)
         self._lock = threading.Lock()  # one writer at a time inside this process
-        with self._connect() as con:
-            con.execute("PRAGMA journal_mode=WAL")
-            con.executescript(SCHEMA)
+        self.read_only = read_only or not _writable(self.root, self.db_path)
+        if self.read_only:
+            if not self.db_path.is_file():
+                raise WorkspaceReadOnlyError(
+                    f"{self.root}: cannot create a workspace here (read-only or no permission)"
+                )
+            self._ro_uri = _read_only_uri(self.db_path)
+            self.cleaned: list[str] = []
+            return
+        (self.root / "images").mkdir(parents=True, exist_ok=True)
+        self._create_schema()
+        self.cleaned = self.cleanup()  # what an interrupted import or export left
+
+    def _create_schema(self) -> None:
+        deadline = time.monotonic() + self.lock_timeout
+        while True:
+            try:
+                con = self._connect()
+                try:
+                    con.execute("PRAGMA journal_mode=WAL")
+                    con.executescript(SCHEMA)
+                finally:
+                    con.close()
+                return
+            except sqlite3.DatabaseError as e:
+                locked = _code(e) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+                if not locked or time.monotonic() >= deadline:
+                    raise _explain(e, self.root) from None
 
     # ---------------------------------------------------------------- connections
 
     def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(
-            self.db_path, timeout=30, isolation_level=None, check_same_thread=False
-        )
+        if self.read_only:
+            con = sqlite3.connect(
+                self._ro_uri, uri=True, isolation_level=None, check_same_thread=False
+            )
+        else:
+            con = sqlite3.connect(
+                self.db_path, timeout=_BUSY_WAIT, isolation_level=None, check_same_thread=False
+            )
         con.execute("PRAGMA foreign_keys=ON")
         con.row_factory = sqlite3.Row
         return con
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction; SQLite's errors become WorkspaceErrors that say
+        what happened (locked, disk full, read-only), never the rollback's own complaint."""
+        if self.read_only:
+            raise WorkspaceReadOnlyError(_READ_ONLY.format(root=self.root))
         with self._lock:
             con = self._connect()
             try:
-                con.execute("BEGIN IMMEDIATE")
-                yield con
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+                self._begin(con)
+                try:
+                    yield con
+                    con.execute("COMMIT")
+                except BaseException:
+                    if con.in_transaction:  # SQLite may have rolled back already (disk full)
+                        with suppress(sqlite3.Error):
+                            con.execute("ROLLBACK")
+                    raise
+            except sqlite3.DatabaseError as e:
+                raise _explain(e, self.root) from None
             finally:
                 con.close()
 
+    def _begin(self, con: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE, retried while another process holds the lock, up to lock_timeout."""
+        deadline = time.monotonic() + self.lock_timeout
+        warned = False
+        while True:
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as e:
+                if _code(e) not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise WorkspaceLockedError(
+                        f"the workspace is locked by another process (retried for "
+                        f"{self.lock_timeout:g} s); nothing was changed: try again"
+                    ) from None
+                if not warned:
+                    log.warning("the workspace is locked by another process (retrying)")
+                    warned = True
+
     def _read(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        con = self._connect()
         try:
-            return con.execute(sql, tuple(args)).fetchall()
-        finally:
-            con.close()
+            con = self._connect()
+            try:
+                return con.execute(sql, tuple(args)).fetchall()
+            finally:
+                con.close()
+        except sqlite3.DatabaseError as e:
+            raise _explain(e, self.root) from None
+
+    # ---------------------------------------------------------------- files
+
+    @contextmanager
+    def _writing_files(self) -> Iterator[None]:
+        """Held (shared) while image files are written and registered: ``cleanup`` in another
+        process waits for no one and skips while any writer holds it."""
+        with _flock(self.root / _FILES_LOCK, shared=True, wait=True):
+            yield
+
+    def cleanup(self) -> list[str]:
+        """Remove what interrupted writes left: image files no row names and temp files.
+
+        Skipped (returns []) while another process is writing files into this workspace.
+        Returns the removed paths, relative to the root.
+        """
+        if self.read_only:
+            return []
+        removed: list[str] = []
+        with _flock(self.root / _FILES_LOCK, shared=False, wait=False) as got:
+            if not got:
+                return []
+            known = {r["file"] for r in self._read("SELECT file FROM images")}
+            for f in sorted((self.root / "images").iterdir()):
+                rel = f"images/{f.name}"
+                if f.is_file() and rel not in known:
+                    f.unlink(missing_ok=True)
+                    removed.append(rel)
+        exports = self.root / "exports"
+        if exports.is_dir():  # export temp folders / zips, left by a kill before their rename
+            for f in sorted(exports.iterdir()):
+                if not f.name.startswith(".") or time.time() - _mtime(f) < _STALE_EXPORT_S:
+                    continue
+                if f.is_dir():
+                    shutil.rmtree(f, ignore_errors=True)
+                else:
+                    f.unlink(missing_ok=True)
+                removed.append(f"exports/{f.name}")
+        if removed:
+            log.info("workspace %s: removed %d leftover file(s)", self.root, len(removed))
+        return removed
 
     # ---------------------------------------------------------------- images
 
@@ -222,26 +381,48 @@ class Workspace:
         Annotated images get status "corrected" (imported labels are treated as ground truth).
         """
         annotations = annotations or [None] * len(images)
-        for img in images:  # files first: a crash leaves at most an unreferenced file
-            path = self.root / "images" / f"{img.sha256}{img.ext}"
-            if not path.exists():
-                atomic_write_bytes(path, img.data)
-        ids = []
-        with self._tx() as con:
-            cat_ids = None
-            if meta is not None:
-                cat_ids = [self._ensure_category(con, *spec) for spec in _meta_specs(meta)]
-            for img, ann in zip(images, annotations):
-                image_id = self._insert_image(con, img)
-                if ann is not None:
-                    segs = ann.segments
-                    if cat_ids is not None:
-                        segs = [{**s, "category_id": cat_ids[int(s["category_id"])]} for s in segs]
-                    self._write_annotation(
-                        con, image_id, ann.id_map, segs, "corrected", "import", None
-                    )
-                ids.append(image_id)
+        if self.read_only:
+            raise WorkspaceReadOnlyError(_READ_ONLY.format(root=self.root))
+        ids: list[int] = []
+        with self._writing_files():
+            written = []
+            try:
+                for img in images:  # files first: a crash leaves at most an unreferenced file
+                    path = self.root / "images" / f"{img.sha256}{img.ext}"
+                    if not path.exists():
+                        _write_file(path, img.data)
+                        written.append(path)
+                with self._tx() as con:
+                    cat_ids = None
+                    if meta is not None:
+                        cat_ids = [self._ensure_category(con, *spec) for spec in _meta_specs(meta)]
+                    for img, ann in zip(images, annotations):
+                        image_id = self._insert_image(con, img)
+                        if ann is not None:
+                            segs = ann.segments
+                            if cat_ids is not None:
+                                segs = [
+                                    {**s, "category_id": cat_ids[int(s["category_id"])]}
+                                    for s in segs
+                                ]
+                            self._write_annotation(
+                                con, image_id, ann.id_map, segs, "corrected", "import", None
+                            )
+                        ids.append(image_id)
+            except BaseException:
+                self._forget(written)
+                raise
         return [self.image(i) for i in ids]
+
+    def _forget(self, files: list[Path]) -> None:
+        """Remove files written for a write that failed, unless a row names them after all."""
+        if not files:
+            return
+        with suppress(UserError):
+            known = {r["file"] for r in self._read("SELECT file FROM images")}
+            for f in files:
+                if f"images/{f.name}" not in known:
+                    f.unlink(missing_ok=True)
 
     def add_image(self, data: bytes, name: str) -> ImageRecord:
         """Validate, store and register one encoded image; a duplicate returns the existing row."""
@@ -463,9 +644,7 @@ class Workspace:
         color: tuple[int, int, int] | None,
         dataset_id: int | None,
     ) -> int:
-        name = str(name).strip()
-        if not name:
-            raise WorkspaceError("a category name may not be empty")
+        name = check_category_name(name)
         row = con.execute("SELECT id FROM categories WHERE name = ?", (name,)).fetchone()
         if row is not None:
             return int(row["id"])
@@ -549,6 +728,112 @@ class Workspace:
             json.loads(r["metrics"]),
             bool(r["active"]),
         )
+
+
+# ---------------------------------------------------------------- module helpers
+
+log = logging.getLogger(__name__)
+
+_BUSY_WAIT = 1.0  # seconds SQLite itself waits for a lock before _begin retries
+_FILES_LOCK = ".files.lock"
+_STALE_EXPORT_S = 15 * 60  # an export's temp folder untouched this long was left by a kill
+_READ_ONLY = (
+    "the workspace {root} is read-only: viewing and exporting to another folder work, "
+    "saving and importing do not"
+)
+
+
+def _code(e: sqlite3.Error) -> int:
+    return (getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF  # primary result code
+
+
+def _explain(e: sqlite3.DatabaseError, root: Path) -> WorkspaceError:
+    """A WorkspaceError that names the cause of a SQLite error."""
+    code = _code(e)
+    if code == sqlite3.SQLITE_FULL:
+        return WorkspaceFullError(
+            f"disk full: the workspace {root} could not be written; nothing was changed"
+        )
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return WorkspaceLockedError(
+            "the workspace is locked by another process; nothing was changed: try again"
+        )
+    if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM, sqlite3.SQLITE_CANTOPEN):
+        return WorkspaceReadOnlyError(_READ_ONLY.format(root=root) + f" ({e})")
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return WorkspaceError(f"{root / 'workspace.sqlite'} is damaged or not a database ({e})")
+    return WorkspaceError(f"the workspace database failed: {e}")
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """atomic_write_bytes, with a full disk and a read-only folder said as such."""
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise WorkspaceFullError(
+                f"disk full: cannot write {path.name} into the workspace; nothing was changed"
+            ) from None
+        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise WorkspaceReadOnlyError(f"cannot write into {path.parent}: {e.strerror}") from None
+        raise
+
+
+def _writable(root: Path, db_path: Path) -> bool:
+    """Whether this process can create files in ``root`` (made if missing) and write the DB."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+        if db_path.exists():
+            with open(db_path, "r+b"):
+                pass
+    except OSError as e:
+        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return False
+        raise WorkspaceError(f"{root}: cannot open the workspace ({e.strerror})") from None
+    return True
+
+
+def _read_only_uri(db_path: Path) -> str:
+    """A read-only SQLite URI. WAL needs its -shm file; where it cannot exist (a read-only
+    folder), the file is opened as immutable, which is true while nothing can write it."""
+    uri = f"file:{quote(str(db_path.resolve()))}?mode=ro"
+    try:
+        con = sqlite3.connect(uri, uri=True)
+        try:
+            con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        finally:
+            con.close()
+    except sqlite3.OperationalError:
+        uri = f"file:{quote(str(db_path.resolve()))}?immutable=1"
+    return uri
+
+
+@contextmanager
+def _flock(path: Path, *, shared: bool, wait: bool) -> Iterator[bool]:
+    """An advisory lock on ``path`` between processes; yields whether it was taken."""
+    if fcntl is None:  # no fcntl (Windows): nothing is shared, cleanup runs anyway
+        yield True
+        return
+    with open(path, "a+b") as f:
+        flags = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
+        try:
+            fcntl.flock(f.fileno(), flags)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _meta_specs(meta: DatasetMeta) -> list[tuple[str, bool, tuple[int, int, int], int]]:

@@ -111,8 +111,9 @@ def _check_file(path: Path) -> None:
 def _decode(fp, name: str, max_pixels: int | None, max_aspect: float | None) -> np.ndarray:
     try:
         with warnings.catch_warnings():
-            # We apply our own limit below; PIL's warning (above its global limit) would be noise.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # We apply our own limit below; PIL's warning (above its global limit) would be noise,
+            # and so would its warnings about a corrupt EXIF block (the pixels are fine).
+            warnings.simplefilter("ignore")
             im = Image.open(fp)
     except Image.DecompressionBombError:
         raise ImageReadError(
@@ -137,7 +138,8 @@ def _decode(fp, name: str, max_pixels: int | None, max_aspect: float | None) -> 
 
 
 def _pil_to_rgb(im: Image.Image, name: str) -> np.ndarray:
-    with contextlib.suppress(Exception):  # a broken EXIF block must not make pixels unreadable
+    with contextlib.suppress(Exception), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a broken EXIF block: no rotation, and no noise either
         im = ImageOps.exif_transpose(im) or im
     mode = im.mode
     if mode == "RGB":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import tempfile
 import warnings
@@ -220,6 +221,27 @@ def _compressed(rle: dict[str, Any], height: int, width: int) -> dict[str, Any]:
     if isinstance(counts, str):
         counts = counts.encode("ascii")
     return {"size": [height, width], "counts": counts}
+
+
+def check_results(results: Any, where: str) -> None:
+    """COCO instance results: a list of objects with an ``image_id`` (integer or string), an
+    integer ``category_id``, a ``segmentation`` (polygons or RLE, checked against the image
+    later) and an optional numeric ``score``. Raises DatasetError naming the first bad one."""
+    if not isinstance(results, list):
+        raise DatasetError(f"{where}: instance results must be a list of objects")
+    for k, r in enumerate(results):
+        at = f"{where}: result {k}"
+        if not isinstance(r, dict):
+            raise DatasetError(f"{at} must be an object, got {type(r).__name__}")
+        if not isinstance(r.get("image_id"), (int, str)) or isinstance(r.get("image_id"), bool):
+            raise DatasetError(f"{at} needs an image_id (an integer or a string)")
+        if not isinstance(r.get("category_id"), int) or isinstance(r.get("category_id"), bool):
+            raise DatasetError(f"{at} needs an integer category_id")
+        if not isinstance(r.get("segmentation"), (list, dict)):
+            raise DatasetError(f"{at} needs a segmentation (polygons or an RLE object)")
+        score = r.get("score", 1.0)
+        if not isinstance(score, (int, float)) or isinstance(score, bool) or math.isnan(score):
+            raise DatasetError(f"{at}: score must be a number, got {score!r}"[:300])
 
 
 def decode_rle(

@@ -26,6 +26,7 @@ def open_dataset(
     ade_shift: bool = False,
     ignore_label: int = 255,
     meta: DatasetMeta | None = None,
+    within: str | Path | None = None,
 ) -> LabeledDataset:
     """Open a dataset folder or annotation file, detecting its format.
 
@@ -40,6 +41,8 @@ def open_dataset(
         ignore_label: semantic only: the label value that marks ignored pixels.
         meta: class names/colours to use instead of the ones found (same number of classes;
             for semantic folders it also fixes K).
+        within: look for a COCO JSON's image and PNG folders only inside this folder (a server
+            that imports from one folder must not probe others).
 
     Raises:
         DatasetError: the path is not a dataset, or a cheap check failed.
@@ -50,9 +53,9 @@ def open_dataset(
     if p.is_file():
         if p.suffix.lower() != ".json":
             raise DatasetError(f"{p}: expected a dataset folder or a COCO .json file")
-        return _open_json(p, meta)
+        return _open_json(p, meta, within)
     if (p / "panoptic.json").is_file():
-        return open_coco_panoptic_json(p / "panoptic.json", meta=meta)
+        return open_coco_panoptic_json(p / "panoptic.json", meta=meta, within=within)
     if (p / "instances.json").is_file():
         return CocoInstancesDataset(p / "instances.json", meta=meta)
     if (p / "images").is_dir() and (p / "annotations").is_dir():
@@ -70,12 +73,12 @@ def open_dataset(
     )
 
 
-def _open_json(p: Path, meta: DatasetMeta | None) -> LabeledDataset:
+def _open_json(p: Path, meta: DatasetMeta | None, within: str | Path | None) -> LabeledDataset:
     data = read_json(p)
     anns = data.get("annotations") if isinstance(data, dict) else None
     is_panoptic = bool(anns) and isinstance(anns[0], dict) and "segments_info" in anns[0]
     if not anns and "panoptic" in p.stem.lower():
         is_panoptic = True
     if is_panoptic:
-        return open_coco_panoptic_json(p, meta=meta, data=data)
+        return open_coco_panoptic_json(p, meta=meta, data=data, within=within)
     return CocoInstancesDataset(p, meta=meta, data=data)

@@ -217,17 +217,22 @@ def open_coco_panoptic(
 
 
 def open_coco_panoptic_json(
-    json_path: str | Path, *, meta: DatasetMeta | None = None, data: Any = None
+    json_path: str | Path,
+    *,
+    meta: DatasetMeta | None = None,
+    data: Any = None,
+    within: str | Path | None = None,
 ) -> CocoPanopticDataset:
     """Open a COCO panoptic JSON, finding its PNG and image folders next to it.
 
     PNGs: ``<json stem>/`` or ``panoptic/`` beside the JSON. Images: ``images/`` beside it, the
     split folder named by the stem without ``panoptic_`` (beside it or one level up, as in COCO's
-    ``annotations/panoptic_val2017.json`` + ``val2017/``), or the JSON's own folder.
+    ``annotations/panoptic_val2017.json`` + ``val2017/``), or the JSON's own folder. With
+    ``within``, only folders inside it are considered.
     """
     p = Path(json_path)
     parent, split = p.parent, p.stem.removeprefix("panoptic_")
-    png_dirs = [parent / p.stem, parent / "panoptic"]
+    png_dirs = _within([parent / p.stem, parent / "panoptic"], within)
     png_dir = next((d for d in png_dirs if d.is_dir()), None)
     if png_dir is None:
         raise DatasetError(
@@ -237,11 +242,18 @@ def open_coco_panoptic_json(
         )
     data = read_json(p) if data is None else data
     first = _first_file_name(data)
-    image_dirs = [parent / "images", parent / split, parent.parent / split, parent]
+    image_dirs = _within([parent / "images", parent / split, parent.parent / split, parent], within)
     existing = [d for d in image_dirs if d.is_dir() and d != png_dir]
     with_first = [d for d in existing if first and (d / first).is_file()]
     image_dir = (with_first or existing or [parent])[0]
     return CocoPanopticDataset(p, png_dir, image_dir, meta=meta, data=data)
+
+
+def _within(folders: list[Path], root: str | Path | None) -> list[Path]:
+    if root is None:
+        return folders
+    top = Path(root).resolve()
+    return [d for d in folders if d.resolve().is_relative_to(top)]
 
 
 def _first_file_name(data: Any) -> str | None:
