@@ -252,6 +252,11 @@ class Workspace:
                 if not locked or time.monotonic() >= deadline:
                     raise _explain(e, self.root) from None
 
+    def check_writable(self) -> None:
+        """Raise WorkspaceReadOnlyError (one sentence) if this workspace opened read-only."""
+        if self.read_only:
+            raise WorkspaceReadOnlyError(_READ_ONLY.format(root=self.root))
+
     # ---------------------------------------------------------------- connections
 
     def _connect(self) -> sqlite3.Connection:
@@ -271,8 +276,7 @@ class Workspace:
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE`` transaction; SQLite's errors become WorkspaceErrors that say
         what happened (locked, disk full, read-only), never the rollback's own complaint."""
-        if self.read_only:
-            raise WorkspaceReadOnlyError(_READ_ONLY.format(root=self.root))
+        self.check_writable()
         with self._lock:
             con = self._connect()
             try:
@@ -381,8 +385,7 @@ class Workspace:
         Annotated images get status "corrected" (imported labels are treated as ground truth).
         """
         annotations = annotations or [None] * len(images)
-        if self.read_only:
-            raise WorkspaceReadOnlyError(_READ_ONLY.format(root=self.root))
+        self.check_writable()
         ids: list[int] = []
         with self._writing_files():
             written = []
@@ -736,6 +739,7 @@ log = logging.getLogger(__name__)
 
 _BUSY_WAIT = 1.0  # seconds SQLite itself waits for a lock before _begin retries
 _FILES_LOCK = ".files.lock"
+_FULL_BELOW = 4 << 20  # bytes free under which an I/O error is taken for a full disk
 _STALE_EXPORT_S = 15 * 60  # an export's temp folder untouched this long was left by a kill
 _READ_ONLY = (
     "the workspace {root} is read-only: viewing and exporting to another folder work, "
@@ -750,7 +754,9 @@ def _code(e: sqlite3.Error) -> int:
 def _explain(e: sqlite3.DatabaseError, root: Path) -> WorkspaceError:
     """A WorkspaceError that names the cause of a SQLite error."""
     code = _code(e)
-    if code == sqlite3.SQLITE_FULL:
+    # A full file system reaches SQLite as SQLITE_FULL, or as SQLITE_IOERR when it hits the WAL
+    # or its shared-memory file; free space tells the two I/O errors apart.
+    if code == sqlite3.SQLITE_FULL or (code == sqlite3.SQLITE_IOERR and _nearly_full(root)):
         return WorkspaceFullError(
             f"disk full: the workspace {root} could not be written; nothing was changed"
         )
@@ -763,6 +769,13 @@ def _explain(e: sqlite3.DatabaseError, root: Path) -> WorkspaceError:
     if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
         return WorkspaceError(f"{root / 'workspace.sqlite'} is damaged or not a database ({e})")
     return WorkspaceError(f"the workspace database failed: {e}")
+
+
+def _nearly_full(root: Path) -> bool:
+    try:
+        return shutil.disk_usage(root).free < _FULL_BELOW
+    except OSError:
+        return False
 
 
 def _write_file(path: Path, data: bytes) -> None:

@@ -81,6 +81,7 @@ def import_source(
     dataset's images and label files, the images of a folder, symlinks resolved) must lie inside
     ``root``; anything else is refused with one message that does not say whether it exists.
     """
+    ws.check_writable()
     if isinstance(src, (list, tuple)):
         files = [Path(p) for p in src]
         if root is not None:

@@ -267,6 +267,50 @@ def _app_import(case: hostile_cases.Case, folder: Path, src: Any) -> tuple[bool,
     return ok, outcome, msg[-300:]
 
 
+def run_all(args: list[str] = (), timeout: float = 3600) -> list[dict[str, Any]]:
+    """Run the driver in child processes; a case that kills its process is recorded as a crash
+    (with the exit status) and the run goes on from the next case. Returns one row per case."""
+    import subprocess
+
+    rows: list[dict[str, Any]] = []
+    start = 0
+    deadline = time.monotonic() + timeout
+    while start < len(hostile_cases.CASES):
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), *args, "--start", str(start)],
+            capture_output=True,
+            text=True,
+            timeout=max(1.0, deadline - time.monotonic()),
+            check=False,
+        )
+        running = None
+        for line in proc.stdout.splitlines():
+            row = json.loads(line)
+            if "start" in row:
+                running = row
+            else:
+                rows.append(row)
+                running = None
+        if running is None:
+            break
+        case = hostile_cases.CASES[running["i"]]
+        rows.append(
+            {
+                "i": running["i"],
+                "name": case.name,
+                "kind": case.kind,
+                "command": case.command,
+                "expect": case.expect,
+                "clean": False,
+                "outcome": f"crashed the process (exit {proc.returncode})",
+                "detail": proc.stderr[-300:],
+                "seconds": 0.0,
+            }
+        )
+        start = running["i"] + 1
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--app", action="store_true", help="also run import cases through the app")
