@@ -327,17 +327,22 @@ class Workspace:
     # ---------------------------------------------------------------- files
 
     @contextmanager
-    def _writing_files(self) -> Iterator[None]:
-        """Held (shared) while image files are written and registered: ``cleanup`` in another
-        process waits for no one and skips while any writer holds it."""
+    def writing_files(self) -> Iterator[None]:
+        """Held (shared, by any number of writers in any process) while files are written into
+        the workspace and registered: image files, export and unpack folders. ``cleanup`` runs
+        only when no one holds it, so it never removes a file a live writer is about to use."""
+        if self.read_only:
+            yield
+            return
         with _flock(self.root / _FILES_LOCK, shared=True, wait=True):
             yield
 
     def cleanup(self) -> list[str]:
-        """Remove what interrupted writes left: image files no row names and temp files.
+        """Remove what interrupted writes left: image files no row names, temp files, export and
+        unpack folders that were never renamed into place.
 
-        Skipped (returns []) while another process is writing files into this workspace.
-        Returns the removed paths, relative to the root.
+        Skipped (returns []) while any process is writing files into this workspace
+        (``writing_files``). Returns the removed paths, relative to the root.
         """
         if self.read_only:
             return []
@@ -351,16 +356,17 @@ class Workspace:
                 if f.is_file() and rel not in known:
                     f.unlink(missing_ok=True)
                     removed.append(rel)
-        exports = self.root / "exports"
-        if exports.is_dir():  # export temp folders / zips, left by a kill before their rename
-            for f in sorted(exports.iterdir()):
-                if not f.name.startswith(".") or time.time() - _mtime(f) < _STALE_EXPORT_S:
+            for folder, hidden_only in (("exports", True), (".imports", False)):
+                if not (self.root / folder).is_dir():
                     continue
-                if f.is_dir():
-                    shutil.rmtree(f, ignore_errors=True)
-                else:
-                    f.unlink(missing_ok=True)
-                removed.append(f"exports/{f.name}")
+                for f in sorted((self.root / folder).iterdir()):
+                    if hidden_only and not f.name.startswith("."):
+                        continue  # a finished export
+                    if f.is_dir():
+                        shutil.rmtree(f, ignore_errors=True)
+                    else:
+                        f.unlink(missing_ok=True)
+                    removed.append(f"{folder}/{f.name}")
         if removed:
             log.info("workspace %s: removed %d leftover file(s)", self.root, len(removed))
         return removed
@@ -387,7 +393,7 @@ class Workspace:
         annotations = annotations or [None] * len(images)
         self.check_writable()
         ids: list[int] = []
-        with self._writing_files():
+        with self.writing_files():
             written = []
             try:
                 for img in images:  # files first: a crash leaves at most an unreferenced file
@@ -740,7 +746,6 @@ log = logging.getLogger(__name__)
 _BUSY_WAIT = 1.0  # seconds SQLite itself waits for a lock before _begin retries
 _FILES_LOCK = ".files.lock"
 _FULL_BELOW = 4 << 20  # bytes free under which an I/O error is taken for a full disk
-_STALE_EXPORT_S = 15 * 60  # an export's temp folder untouched this long was left by a kill
 _READ_ONLY = (
     "the workspace {root} is read-only: viewing and exporting to another folder work, "
     "saving and importing do not"
@@ -840,13 +845,6 @@ def _flock(path: Path, *, shared: bool, wait: bool) -> Iterator[bool]:
             yield True
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
 
 
 def _meta_specs(meta: DatasetMeta) -> list[tuple[str, bool, tuple[int, int, int], int]]:

@@ -238,17 +238,18 @@ def import_archive(ws: Workspace, archive: Path) -> ImportReport:
     of the workspace: no member outside that folder, no links, bounded size and count."""
     scratch = ws.root / ".imports"
     scratch.mkdir(exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="zip-", dir=scratch))
-    try:
-        unpack_zip(archive, tmp)
-        entries = [e for e in tmp.iterdir() if not e.name.startswith(".")]
-        top = entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp
+    with ws.writing_files():  # Workspace.cleanup removes the folder only if this process died
+        tmp = Path(tempfile.mkdtemp(prefix="zip-", dir=scratch))
         try:
-            return import_source(ws, top, root=tmp)
-        except UserError as e:
-            raise UserError(f"{archive.name}: {str(e).replace(str(tmp) + '/', '')}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            unpack_zip(archive, tmp)
+            entries = [e for e in tmp.iterdir() if not e.name.startswith(".")]
+            top = entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp
+            try:
+                return import_source(ws, top, root=tmp)
+            except UserError as e:
+                raise UserError(f"{archive.name}: {str(e).replace(str(tmp) + '/', '')}") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def unpack_zip(archive: Path, dest: Path) -> None:
@@ -317,6 +318,11 @@ def export(ws: Workspace, fmt: str, out_dir: str | Path, include_predicted: bool
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: already exists and is not an empty folder")
+    with ws.writing_files():  # Workspace.cleanup leaves the temp folder alone meanwhile
+        return _export(ws, fmt, out, include_predicted)
+
+
+def _export(ws: Workspace, fmt: str, out: Path, include_predicted: bool) -> Path:
     records, tmp = [], Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=_parent(out)))
     try:
         records = _write_images(ws, tmp / "images", include_predicted)
@@ -378,12 +384,13 @@ def _safe_stem(name: str) -> str:
 def export_zip(ws: Workspace, fmt: str, include_predicted: bool = False) -> Path:
     """Export under ``<workspace>/exports/<fmt>-<time>/`` and zip it; returns the zip path."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    folder = export(ws, fmt, ws.root / "exports" / f"{fmt}-{stamp}", include_predicted)
-    zip_path = folder.with_suffix(".zip")
-    tmp = zip_path.with_name(f".{zip_path.name}.tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        for f in sorted(folder.rglob("*")):
-            if f.is_file():
-                zf.write(f, f.relative_to(folder.parent).as_posix())
-    tmp.replace(zip_path)
+    with ws.writing_files():
+        folder = export(ws, fmt, ws.root / "exports" / f"{fmt}-{stamp}", include_predicted)
+        zip_path = folder.with_suffix(".zip")
+        tmp = zip_path.with_name(f".{zip_path.name}.tmp")
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for f in sorted(folder.rglob("*")):
+                if f.is_file():
+                    zf.write(f, f.relative_to(folder.parent).as_posix())
+        tmp.replace(zip_path)
     return zip_path
