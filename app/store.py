@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import json
 import logging
 import shutil
 import sqlite3
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -18,20 +16,31 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import numpy as np
 from PIL import Image
 
+from app.store_fs import (
+    BUSY_WAIT,
+    FILES_LOCK,
+    READ_ONLY,
+    WorkspaceError,
+    WorkspaceFullError,  # noqa: F401 -- the workspace's errors are imported from here
+    WorkspaceLockedError,
+    WorkspaceReadOnlyError,
+    explain,
+    flock,
+    read_only_uri,
+    sqlite_code,
+    writable,
+    write_file,
+)
 from maskformer.config import DatasetMeta, default_colors
-from maskformer.data.coco import atomic_write_bytes, id2rgb, png_bytes, rgb2id
+from maskformer.data.coco import id2rgb, png_bytes, rgb2id
 from maskformer.errors import ImageReadError, UserError
 from maskformer.image_io import load_image
 
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
+log = logging.getLogger(__name__)
 
 STATUSES = ("unseen", "predicted", "corrected")
 _FORMAT_EXT = {
@@ -78,22 +87,6 @@ CREATE TABLE IF NOT EXISTS annotations (
     updated TEXT NOT NULL
 );
 """
-
-
-class WorkspaceError(UserError):
-    """A workspace operation that cannot be done (unknown image or category, bad annotation)."""
-
-
-class WorkspaceLockedError(WorkspaceError):
-    """Another process held the workspace's write lock for longer than the wait allows."""
-
-
-class WorkspaceFullError(WorkspaceError):
-    """The disk (or the database's size limit) is full: nothing of the write was kept."""
-
-
-class WorkspaceReadOnlyError(WorkspaceError):
-    """The workspace is on a read-only file system or not writable by this process."""
 
 
 # Names go into every response that lists classes or images: bounded, printable, one line.
@@ -223,13 +216,13 @@ class Workspace:
         self.db_path = self.root / "workspace.sqlite"
         self.lock_timeout = float(lock_timeout)
         self._lock = threading.Lock()  # one writer at a time inside this process
-        self.read_only = read_only or not _writable(self.root, self.db_path)
+        self.read_only = read_only or not writable(self.root, self.db_path)
         if self.read_only:
             if not self.db_path.is_file():
                 raise WorkspaceReadOnlyError(
                     f"{self.root}: cannot create a workspace here (read-only or no permission)"
                 )
-            self._ro_uri = _read_only_uri(self.db_path)
+            self._ro_uri = read_only_uri(self.db_path)
             self.cleaned: list[str] = []
             return
         (self.root / "images").mkdir(parents=True, exist_ok=True)
@@ -248,14 +241,14 @@ class Workspace:
                     con.close()
                 return
             except sqlite3.DatabaseError as e:
-                locked = _code(e) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+                locked = sqlite_code(e) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
                 if not locked or time.monotonic() >= deadline:
-                    raise _explain(e, self.root) from None
+                    raise explain(e, self.root) from None
 
     def check_writable(self) -> None:
         """Raise WorkspaceReadOnlyError (one sentence) if this workspace opened read-only."""
         if self.read_only:
-            raise WorkspaceReadOnlyError(_READ_ONLY.format(root=self.root))
+            raise WorkspaceReadOnlyError(READ_ONLY.format(root=self.root))
 
     # ---------------------------------------------------------------- connections
 
@@ -266,7 +259,7 @@ class Workspace:
             )
         else:
             con = sqlite3.connect(
-                self.db_path, timeout=_BUSY_WAIT, isolation_level=None, check_same_thread=False
+                self.db_path, timeout=BUSY_WAIT, isolation_level=None, check_same_thread=False
             )
         con.execute("PRAGMA foreign_keys=ON")
         con.row_factory = sqlite3.Row
@@ -290,7 +283,7 @@ class Workspace:
                             con.execute("ROLLBACK")
                     raise
             except sqlite3.DatabaseError as e:
-                raise _explain(e, self.root) from None
+                raise explain(e, self.root) from None
             finally:
                 con.close()
 
@@ -303,7 +296,7 @@ class Workspace:
                 con.execute("BEGIN IMMEDIATE")
                 return
             except sqlite3.OperationalError as e:
-                if _code(e) not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                if sqlite_code(e) not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                     raise
                 if time.monotonic() >= deadline:
                     raise WorkspaceLockedError(
@@ -322,7 +315,7 @@ class Workspace:
             finally:
                 con.close()
         except sqlite3.DatabaseError as e:
-            raise _explain(e, self.root) from None
+            raise explain(e, self.root) from None
 
     # ---------------------------------------------------------------- files
 
@@ -334,7 +327,7 @@ class Workspace:
         if self.read_only:
             yield
             return
-        with _flock(self.root / _FILES_LOCK, shared=True, wait=True):
+        with flock(self.root / FILES_LOCK, shared=True, wait=True):
             yield
 
     def cleanup(self) -> list[str]:
@@ -347,7 +340,7 @@ class Workspace:
         if self.read_only:
             return []
         removed: list[str] = []
-        with _flock(self.root / _FILES_LOCK, shared=False, wait=False) as got:
+        with flock(self.root / FILES_LOCK, shared=False, wait=False) as got:
             if not got:
                 return []
             known = {r["file"] for r in self._read("SELECT file FROM images")}
@@ -399,7 +392,7 @@ class Workspace:
                 for img in images:  # files first: a crash leaves at most an unreferenced file
                     path = self.root / "images" / f"{img.sha256}{img.ext}"
                     if not path.exists():
-                        _write_file(path, img.data)
+                        write_file(path, img.data)
                         written.append(path)
                 with self._tx() as con:
                     cat_ids = None
@@ -737,114 +730,6 @@ class Workspace:
             json.loads(r["metrics"]),
             bool(r["active"]),
         )
-
-
-# ---------------------------------------------------------------- module helpers
-
-log = logging.getLogger(__name__)
-
-_BUSY_WAIT = 1.0  # seconds SQLite itself waits for a lock before _begin retries
-_FILES_LOCK = ".files.lock"
-_FULL_BELOW = 4 << 20  # bytes free under which an I/O error is taken for a full disk
-_READ_ONLY = (
-    "the workspace {root} is read-only: viewing and exporting to another folder work, "
-    "saving and importing do not"
-)
-
-
-def _code(e: sqlite3.Error) -> int:
-    return (getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF  # primary result code
-
-
-def _explain(e: sqlite3.DatabaseError, root: Path) -> WorkspaceError:
-    """A WorkspaceError that names the cause of a SQLite error."""
-    code = _code(e)
-    # A full file system reaches SQLite as SQLITE_FULL, or as SQLITE_IOERR when it hits the WAL
-    # or its shared-memory file; free space tells the two I/O errors apart.
-    if code == sqlite3.SQLITE_FULL or (code == sqlite3.SQLITE_IOERR and _nearly_full(root)):
-        return WorkspaceFullError(
-            f"disk full: the workspace {root} could not be written; nothing was changed"
-        )
-    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-        return WorkspaceLockedError(
-            "the workspace is locked by another process; nothing was changed: try again"
-        )
-    if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM, sqlite3.SQLITE_CANTOPEN):
-        return WorkspaceReadOnlyError(_READ_ONLY.format(root=root) + f" ({e})")
-    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
-        return WorkspaceError(f"{root / 'workspace.sqlite'} is damaged or not a database ({e})")
-    return WorkspaceError(f"the workspace database failed: {e}")
-
-
-def _nearly_full(root: Path) -> bool:
-    try:
-        return shutil.disk_usage(root).free < _FULL_BELOW
-    except OSError:
-        return False
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    """atomic_write_bytes, with a full disk and a read-only folder said as such."""
-    try:
-        atomic_write_bytes(path, data)
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise WorkspaceFullError(
-                f"disk full: cannot write {path.name} into the workspace; nothing was changed"
-            ) from None
-        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            raise WorkspaceReadOnlyError(f"cannot write into {path.parent}: {e.strerror}") from None
-        raise
-
-
-def _writable(root: Path, db_path: Path) -> bool:
-    """Whether this process can create files in ``root`` (made if missing) and write the DB."""
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=root):
-            pass
-        if db_path.exists():
-            with open(db_path, "r+b"):
-                pass
-    except OSError as e:
-        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            return False
-        raise WorkspaceError(f"{root}: cannot open the workspace ({e.strerror})") from None
-    return True
-
-
-def _read_only_uri(db_path: Path) -> str:
-    """A read-only SQLite URI. WAL needs its -shm file; where it cannot exist (a read-only
-    folder), the file is opened as immutable, which is true while nothing can write it."""
-    uri = f"file:{quote(str(db_path.resolve()))}?mode=ro"
-    try:
-        con = sqlite3.connect(uri, uri=True)
-        try:
-            con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-        finally:
-            con.close()
-    except sqlite3.OperationalError:
-        uri = f"file:{quote(str(db_path.resolve()))}?immutable=1"
-    return uri
-
-
-@contextmanager
-def _flock(path: Path, *, shared: bool, wait: bool) -> Iterator[bool]:
-    """An advisory lock on ``path`` between processes; yields whether it was taken."""
-    if fcntl is None:  # no fcntl (Windows): nothing is shared, cleanup runs anyway
-        yield True
-        return
-    with open(path, "a+b") as f:
-        flags = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
-        try:
-            fcntl.flock(f.fileno(), flags)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def _meta_specs(meta: DatasetMeta) -> list[tuple[str, bool, tuple[int, int, int], int]]:

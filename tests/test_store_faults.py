@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from app import store as store_mod
-from app import transfer
+from app import store_fs, transfer
 from app.store import (
     MAX_CATEGORY_NAME,
     Workspace,
@@ -146,7 +146,7 @@ def test_no_space_for_an_image_file_says_disk_full(tmp_path, monkeypatch):
     def full(path, data):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(store_mod, "atomic_write_bytes", full)
+    monkeypatch.setattr(store_fs, "atomic_write_bytes", full)
     with pytest.raises(WorkspaceFullError, match="^disk full"):
         ws.add_image(png(seed=3), "b.png")
     assert _state(ws) == before
@@ -325,7 +325,7 @@ def test_files_of_a_killed_import_are_removed_on_the_next_open(tmp_path):
 def test_cleanup_waits_for_no_one_and_skips_while_files_are_written(tmp_path):
     ws, _, _ = _annotated(tmp_path)
     (ws.root / "images" / "orphan.png").write_bytes(b"x")
-    with store_mod._flock(ws.root / store_mod._FILES_LOCK, shared=True, wait=True):
+    with store_fs.flock(ws.root / store_fs.FILES_LOCK, shared=True, wait=True):
         assert ws.cleanup() == []  # another writer (here: us) is mid-import
     assert ws.cleanup() == ["images/orphan.png"]
 
