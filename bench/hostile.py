@@ -262,7 +262,7 @@ def kill_train(folder: Path, rng: random.Random, data: Path) -> list[str]:
         problems.append("(finished before the kill)")
     from maskformer.checkpoint import load_checkpoint
 
-    for ckpt in run.glob("*.safetensors"):
+    for ckpt in run.glob("model_*.safetensors"):  # state_* are resume states: --resume reads them
         try:
             load_checkpoint(ckpt)
         except Exception as e:  # noqa: BLE001 -- a checkpoint that does not load is the finding
@@ -302,11 +302,12 @@ def kill_faults(n: int, seed: int = 0) -> dict:
         results[kind][1] += not real
         finished += "(finished before the kill)" in problems
         if real:
-            failures.append(f"{kind} #{i}: {'; '.join(real)}")
+            failures.append(f"{kind} #{i}: {'; '.join(real)}"[:400])
     survived = sum(v[1] for v in results.values())
     print(
         f"\nkill -9 faults: {n} ({', '.join(f'{k} {v[0]}' for k, v in results.items())}): "
-        f"{survived} survived with nothing lost ({time.perf_counter() - t:.0f} s)"
+        f"{survived} survived with nothing lost ({time.perf_counter() - t:.0f} s; "
+        f"{n - finished} killed mid-operation, {finished} finished first)"
     )
     for f in failures:
         print(f"  NOT SURVIVED: {f}")
