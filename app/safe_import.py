@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 # The child's address-space limit (bytes); importing decodes one image at a time, so a few GiB
 # cover any image under image_io's 100 MP cap. MASKFORMER_IMPORT_MEMORY overrides it.
 DEFAULT_MEMORY_LIMIT = 6 << 30
+# A child still busy after this long is stopped (a hang must not hold a server worker forever);
+# MASKFORMER_IMPORT_TIMEOUT overrides it (seconds).
+DEFAULT_TIMEOUT = 3600.0
 SERVER_PATH_OFF = (
     "importing from a path on the server is off (the operator can allow one folder with "
     "`launch.py --import-root DIR`); upload image files or a .zip archive instead"
@@ -83,6 +86,8 @@ def import_for_app(
 
 def run_child(workspace: Workspace, args: list[str], *, timeout: float | None = None) -> str:
     """Run ``python -m app.safe_import --workspace ROOT ARGS`` and return its summary."""
+    if timeout is None:
+        timeout = float(os.environ.get("MASKFORMER_IMPORT_TIMEOUT", DEFAULT_TIMEOUT))
     cmd = [sys.executable, "-m", "app.safe_import", "--workspace", str(workspace.root), *args]
     env = {**os.environ, "PYTHONPATH": _pythonpath()}
     try:

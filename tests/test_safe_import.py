@@ -3,6 +3,7 @@ inside the operator's import root (one answer for everything outside), archives 
 
 import os
 import sqlite3
+import time
 import zipfile
 
 import pytest
@@ -183,3 +184,23 @@ def test_an_import_root_must_be_a_folder(tmp_path):
     with pytest.raises(UserError, match="not a folder"):
         safe_import.set_import_root(tmp_path / "missing")
     assert safe_import.import_root() is None
+
+
+HANG = """
+import os, time
+if os.environ.get("HANG_IMPORT"):
+    import app.transfer as t
+    t.import_source = lambda *a, **k: time.sleep(600)
+"""
+
+
+def test_a_hanging_import_is_stopped(ws, root, tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(HANG)
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    monkeypatch.setenv("HANG_IMPORT", "1")
+    t = time.monotonic()
+    with pytest.raises(UserError, match="took longer than 3 s and was stopped"):
+        safe_import.import_for_app(ws, path="imgs", timeout=3)
+    assert time.monotonic() - t < 60 and _count(ws) == 0
