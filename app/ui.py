@@ -9,6 +9,7 @@ from app import views
 from app.callbacks import AppContext
 from app.guard import guard
 from app.render import hex_color
+from app.safe_import import import_for_app
 from app.session import Session
 from maskformer.errors import UserError
 
@@ -221,7 +222,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                     import_files = gr.File(
                         label="…or upload images",
                         file_count="multiple",
-                        file_types=["image"],
+                        file_types=["image", ".zip"],
                         elem_id="import-files",
                     )
                     import_btn = gr.Button("Import", elem_id="import-btn")
@@ -501,8 +502,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
 
         @guard(3)
         def do_import(path, files):
-            src = [f for f in files] if files else path
-            msg = cb.import_source(ctx, src)
+            msg = import_for_app(ctx.workspace, path, files)  # in a child process
             gr.Info(msg)
             return msg, list_images(), gr.Dropdown(choices=[c.name for c in ws.categories()])
 

@@ -205,7 +205,11 @@ def shared_server() -> AppServer:
 
         root = Path(tempfile.mkdtemp(prefix="mfs-app-"))
         ckpt = tiny_checkpoint(root / "tiny.safetensors")
-        server = AppServer(ckpt, root / "workspace", root / "server.log")
+        imports = root / "imports"  # the one folder the server may import from (--import-root)
+        imports.mkdir()
+        server = AppServer(
+            ckpt, root / "workspace", root / "server.log", "--import-root", str(imports)
+        )
         atexit.register(shutil.rmtree, root, True)
         atexit.register(server.stop)
         _SHARED["server"] = server.wait()

@@ -192,7 +192,7 @@ def test_bad_upload_warns_and_server_keeps_serving(server, tmp_path, data, match
 
 
 def test_broken_coco_import_warns(server, tmp_path):
-    broken = tmp_path / "panoptic.json"
+    broken = server.root / "imports" / "panoptic.json"
     broken.write_text('{"images": [1, 2], "annotations": [')
     c = client(server)
     before, _ = call(c, "/list_images")

@@ -13,8 +13,8 @@ from app.store import Workspace
 from app_helpers import png_bytes
 from maskformer.__main__ import main as cli
 from maskformer.data import open_dataset
+from maskformer.data.base import Sample
 from maskformer.data.coco import write_dataset
-from maskformer.data.datasets import Sample
 from maskformer.data.synthetic import synthetic_meta
 from maskformer.errors import DatasetError, ImageReadError, UserError
 
