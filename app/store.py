@@ -414,6 +414,34 @@ class Workspace:
             )
         return True
 
+    def save_prediction(
+        self,
+        image_id: int,
+        id_map: np.ndarray,
+        segments: list[dict[str, Any]],
+        *,
+        uncertainty: float | None,
+        model_version_id: int | None = None,
+    ) -> bool:
+        """Store a model prediction (status "predicted") and its uncertainty in one transaction;
+        a corrected image is left alone (returns False)."""
+        if uncertainty is not None and not math.isfinite(float(uncertainty)):
+            raise WorkspaceError(f"uncertainty must be a finite number, got {uncertainty}")
+        with self._tx() as con:
+            row = con.execute("SELECT status FROM images WHERE id = ?", (int(image_id),)).fetchone()
+            if row is None:
+                raise WorkspaceError(f"the workspace has no image with id {image_id}")
+            if row["status"] == "corrected":
+                return False
+            self._write_annotation(
+                con, int(image_id), id_map, segments, "predicted", "model", model_version_id
+            )
+            con.execute(
+                "UPDATE images SET uncertainty = ? WHERE id = ?",
+                (None if uncertainty is None else float(uncertainty), int(image_id)),
+            )
+        return True
+
     def _write_annotation(
         self,
         con: sqlite3.Connection,
