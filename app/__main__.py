@@ -16,7 +16,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 # name -> (module under app.commands, one-line help). Modules are imported only when run.
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "import": ("import_", "add images or a labelled COCO dataset to a workspace"),
+    "export": ("export", "write a workspace's annotations as COCO panoptic or instances"),
+    "predict-all": ("predict_all", "predict every unseen image of a workspace (a job)"),
+    "status": ("status", "image counts by status and review; the most uncertain images"),
+}
 
 
 def _available() -> dict[str, tuple[str, str]]:

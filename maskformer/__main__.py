@@ -16,8 +16,6 @@ COMMANDS = {
     "evaluate": "evaluate",
     "convert": "convert",
     "synth": "synth",
-    "import": "import_",
-    "export": "export",
 }
 
 

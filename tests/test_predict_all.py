@@ -77,7 +77,7 @@ def test_predict_all_stores_predictions(tmp_path, ckpt):
 
 
 def test_cancel_leaves_workspace_consistent(tmp_path, ckpt):
-    ws, ids = _workspace(tmp_path / "ws", 16)
+    ws, _ids = _workspace(tmp_path / "ws", 16)
     job = PredictAll(ws)
     job.start(ckpt)
     end = time.time() + 240
