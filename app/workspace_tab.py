@@ -27,7 +27,8 @@ from app.predict_all import PredictAll
 from app.queue import QUEUES, ordered
 from maskformer.errors import UserError
 
-POLL_S = 2.0
+POLL_S = 2.0  # seconds between checks for changes made elsewhere (a save, the predict-all job)
+TABLE_ROWS = 1000  # the table shows the head of the queue: it is re-sent on every change
 
 
 @dataclass
@@ -91,6 +92,7 @@ def build_workspace_tab(ctx: AppContext) -> WorkspaceTab:
             columns=8,
             height=440,
             allow_preview=False,
+            object_fit="contain",  # the badges sit at the edges: never crop them away
             format="png",
             elem_id="ws-gallery",
         )
@@ -100,7 +102,9 @@ def build_workspace_tab(ctx: AppContext) -> WorkspaceTab:
             refresh_btn = gr.Button("Refresh", elem_id="refresh-btn", size="sm")
         open_id = gr.Number(visible=False, precision=0, elem_id="ws-open-id")
         with gr.Row():
-            selected = gr.Number(label="Image id", precision=0, elem_id="ws-selected", scale=1)
+            selected = gr.Number(
+                None, label="Image id", precision=0, elem_id="ws-selected", scale=1
+            )
             accept_btn = gr.Button("Accept", elem_id="ws-accept", variant="primary")
             changes_btn = gr.Button("Needs changes", elem_id="ws-needs-changes", variant="stop")
             clear_btn = gr.Button("Clear review", elem_id="ws-clear-review")
@@ -112,7 +116,9 @@ def build_workspace_tab(ctx: AppContext) -> WorkspaceTab:
                 )
                 cancel_btn = gr.Button("Cancel", elem_id="ws-cancel-predict")
             progress = gr.Markdown(job.progress().message, elem_id="ws-progress")
-        with gr.Accordion("Table (the shown queue, in its order)", open=False):
+        with gr.Accordion(
+            f"Table (the shown queue, in its order; the first {TABLE_ROWS})", open=False
+        ):
             table = gr.Dataframe(
                 headers=wv.TABLE_HEADERS, interactive=False, elem_id="workspace-table"
             )
@@ -160,15 +166,13 @@ def build_workspace_tab(ctx: AppContext) -> WorkspaceTab:
     def view(queue_v: str, page_v: Any) -> tuple:
         records = ws.list_images()
         pg = wv.page_of(ws, records, queue_v or "all", page_v or 1)
-        shown = ordered(records, queue_v or "all")
-        return (
-            pg.items,
-            pg.ids,
-            pg.page,
-            wv.counts_line(records) + f" — showing {pg.size} ({queue_v}), page {pg.page}/"
-            f"{pg.pages}",
-            {"data": wv.table_rows(shown), "headers": wv.TABLE_HEADERS},
-        )
+        shown = ordered(records, queue_v or "all")[:TABLE_ROWS]
+        where = f"showing {pg.size} ({queue_v}), page {pg.page}/{pg.pages}"
+        line = f"{wv.counts_line(records)} — {where}. {wv.LEGEND}"
+        table_v = {"data": wv.table_rows(shown), "headers": wv.TABLE_HEADERS}
+        # no item stays highlighted: after a redraw the same index may be another image
+        items = gr.Gallery(value=pg.items, selected_index=None)
+        return items, pg.ids, pg.page, line, table_v
 
     @guard(len(view_out))
     def show(queue_v, page_v):
@@ -264,17 +268,19 @@ def build_workspace_tab(ctx: AppContext) -> WorkspaceTab:
     predict_btn.click(predict_all, None, [progress], api_name="predict_all")
     cancel_btn.click(cancel_predict_all, None, [progress], api_name="cancel_predict_all")
 
-    tick_out = [progress, seen, *view_out]
+    tick_out = [progress, seen, details, *view_out]
 
-    def tick(last, queue_v, page_v):
+    def tick(last, queue_v, page_v, image_id):
         line = _progress_md(job.progress())
-        fp = wv.fingerprint(ws.list_images(counts=False))
+        records = ws.list_images(counts=False)
+        fp = wv.fingerprint(records)
         out = [line if line != last[1] else gr.skip(), (fp, line)]
-        if fp != last[0]:
-            return (*out, *view(queue_v, page_v))
-        return (*out, *(gr.skip() for _ in view_out))
+        if fp == last[0]:
+            return (*out, gr.skip(), *(gr.skip() for _ in view_out))
+        rec = next((r for r in records if image_id is not None and r.id == int(image_id)), None)
+        return (*out, wv.details(rec), *view(queue_v, page_v))
 
-    timer.tick(tick, [seen, queue, page], tick_out, api_visibility="private")
+    timer.tick(tick, [seen, queue, page, selected], tick_out, api_visibility="private")
 
     # ------------------------------------------------------------------ import / export
 

@@ -41,7 +41,8 @@ def base_thumbnail(ws: Workspace, rec: ImageRecord) -> Path:
 
 def thumbnail(ws: Workspace, rec: ImageRecord) -> Path:
     """The thumbnail with its badges: a bar in the status colour along the top and, once
-    reviewed, a dot (green accepted, red needs changes) in the corner; one file per look."""
+    reviewed, a dot (green accepted, red needs changes) in the top right corner; one file per
+    look, so the browser caches each."""
     path = ws.root / "thumbs" / f"{rec.sha256}.{rec.status}.{rec.review or 'none'}.png"
     if path.exists():
         return path
@@ -49,22 +50,30 @@ def thumbnail(ws: Workspace, rec: ImageRecord) -> Path:
         im = base.convert("RGB")
     draw = ImageDraw.Draw(im)
     w, h = im.size
-    draw.rectangle([0, 0, w - 1, max(3, h // 12)], fill=STATUS_COLORS.get(rec.status, (0, 0, 0)))
+    bar = max(3, h // 12)
+    draw.rectangle([0, 0, w - 1, bar], fill=STATUS_COLORS.get(rec.status, (0, 0, 0)))
     if rec.review in REVIEW_COLORS:
-        r = max(4, min(w, h) // 8)
-        draw.ellipse([w - 2 * r - 2, h - 2 * r - 2, w - 2, h - 2], fill=REVIEW_COLORS[rec.review])
+        r = max(5, min(w, h) // 7)
+        box = [w - 2 * r - 3, bar + 3, w - 3, bar + 3 + 2 * r]
+        draw.ellipse(box, fill=REVIEW_COLORS[rec.review], outline=(255, 255, 255), width=2)
     _atomic_png(im, path)
     return path
 
 
+LEGEND = (
+    "Bar: grey unseen, orange predicted, green corrected. Dot: green accepted, red needs changes. "
+    "u: the model's uncertainty (higher: less sure)."
+)
+
+
 def caption(rec: ImageRecord) -> str:
-    """e.g. "#12 predicted · u 0.43 · needs changes" (the score only once there is one)."""
-    parts = [f"#{rec.id} {rec.status}"]
+    """Short (the gallery cuts long captions): e.g. "#12 u 0.43 ✗"; the status is the bar."""
+    parts = [f"#{rec.id}"]
     if rec.uncertainty is not None:
         parts.append(f"u {rec.uncertainty:.2f}")
     if rec.review:
-        parts.append(rec.review.replace("-", " "))
-    return " · ".join(parts)
+        parts.append("✓" if rec.review == "accepted" else "✗")
+    return " ".join(parts)
 
 
 @dataclass(frozen=True)

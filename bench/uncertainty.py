@@ -110,7 +110,7 @@ def main() -> int:
     k = max(1, round(0.2 * len(pq)))
     worst = set(np.argsort(pq_arr, kind="stable")[:k].tolist())
     print(
-        f"{'score':16s} {'spearman(score, PQ)':>20s} {'scipy':>8s} {'PQ top20%':>10s} "
+        f"{'score':20s} {'spearman(score, PQ)':>20s} {'scipy':>8s} {'PQ top20%':>10s} "
         f"{'PQ rest':>8s} {'worst20% found':>15s}"
     )
     for name, values in scores.items():
@@ -122,7 +122,7 @@ def main() -> int:
         found = len(worst & set(top.tolist()))
         mark = "  <- image_uncertainty" if name == CHOSEN else ""
         print(
-            f"{name:16s} {rho:20.3f} {ref:8.3f} {pq_arr[top].mean():10.1f} "
+            f"{name:20s} {rho:20.3f} {ref:8.3f} {pq_arr[top].mean():10.1f} "
             f"{pq_arr[rest].mean():8.1f} {found:>9d}/{k:<5d}{mark}"
         )
     if tmp is not None:

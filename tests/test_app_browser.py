@@ -213,7 +213,7 @@ def test_user_journey(page, shots, tmp_path):
     page.click("#save-btn")
     wait_status(page, "saved")
     page.get_by_role("tab", name="Workspace").click()
-    page.get_by_text("Table (the shown queue, in its order)").click()
+    page.get_by_text("Table (the shown queue").click()
     page.wait_for_function(
         "document.querySelector('#workspace-table').innerText.includes('corrected')"
     )
