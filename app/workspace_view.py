@@ -33,6 +33,7 @@ def base_thumbnail(ws: Workspace, rec: ImageRecord) -> Path:
     if not path.exists():
         path.parent.mkdir(exist_ok=True)
         with Image.open(ws.root / rec.file) as im:
+            im.draft("RGB", (2 * THUMB_SIDE, 2 * THUMB_SIDE))  # JPEG: decode at a fraction
             im = im.convert("RGB")
             im.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.BILINEAR)
             _atomic_png(im, path)

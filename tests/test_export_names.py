@@ -159,3 +159,25 @@ def test_bad_selection():
         Selection(("unseen",))
     with pytest.raises(UserError, match="unknown review filter"):
         Selection(("corrected",), "maybe")
+
+
+@pytest.mark.slow
+def test_datumaro_reads_renamed_export(ws, tmp_path):
+    """CVAT's dataset library reads an export with a renamed file: one item per image, each
+    with its own mask."""
+    dm = pytest.importorskip("datumaro", reason="datumaro is not installed")
+    import shutil
+
+    src = tmp_path / "inst"
+    export_dataset(ws, "coco-instances", src, Selection(("corrected", "predicted")))
+    root = tmp_path / "dm"
+    (root / "annotations").mkdir(parents=True)
+    shutil.copy(src / "instances.json", root / "annotations" / "instances_default.json")
+    shutil.copytree(src / "images", root / "images" / "default")
+    dataset = dm.Dataset.import_from(str(root), "coco_instances")
+    items = {it.attributes.get("id"): it for it in dataset}
+    assert sorted(items) == sorted(r.id for r in ws.list_images() if r.status != "unseen")
+    for image_id, item in items.items():
+        id_map = ws.load_annotation(image_id)[0]
+        (mask,) = [a for a in item.annotations if a.type == dm.AnnotationType.mask]
+        np.testing.assert_array_equal(mask.image.astype(bool), id_map == 1)

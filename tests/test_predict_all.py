@@ -44,6 +44,7 @@ def test_eta():
     assert format_eta(None) == "estimating time left" and format_eta(75) == "1:15 left"
 
 
+@pytest.mark.slow
 def test_predict_all_stores_predictions(tmp_path, ckpt):
     ws, ids = _workspace(tmp_path / "ws", 3)
     ws.ensure_meta(generic_meta(2))
@@ -76,6 +77,7 @@ def test_predict_all_stores_predictions(tmp_path, ckpt):
         job.start(ckpt)
 
 
+@pytest.mark.slow
 def test_cancel_leaves_workspace_consistent(tmp_path, ckpt):
     ws, _ids = _workspace(tmp_path / "ws", 16)
     job = PredictAll(ws)
@@ -100,6 +102,7 @@ def test_cancel_leaves_workspace_consistent(tmp_path, ckpt):
     assert {r.status for r in ws.list_images(counts=False)} == {"predicted"}
 
 
+@pytest.mark.slow
 def test_crash_is_reported_not_raised(tmp_path):
     ws, _ = _workspace(tmp_path / "ws", 1)
     bad = tmp_path / "bad.safetensors"
