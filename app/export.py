@@ -175,8 +175,14 @@ def export_dataset(
         else:
             chosen.append(rec)
     if not chosen:
-        left = "; ".join(f"{n} {why}" for why, n in report.left_out.items()) or "it is empty"
-        raise UserError(f"nothing to export: no image matches ({left})")
+        left = "; ".join(f"{n} {why}" for why, n in report.left_out.items())
+        asked = " or ".join(selection.statuses)
+        if selection.review != "any":
+            asked += f", review {selection.review}"
+        raise UserError(
+            f"nothing to export: no image is {asked}"
+            + (f"; left out {left}" if left else ": the workspace has no images")
+        )
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=_parent(out)))
     try:
         records = _write_images(ws, chosen, tmp / "images", report)

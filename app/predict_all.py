@@ -187,9 +187,10 @@ class PredictAll:
         done, predicted = int(doc.get("done", 0)), int(doc.get("predicted", 0))
         failed = list(doc.get("failed", []))
         if st.running:
-            eta = eta_seconds(done, total, doc.get("first_started"), time.time())
-            msg = doc.get("message") or "loading the model"
-            msg = f"{msg}: {done}/{total} images, {format_eta(eta)}" if doc else msg + "…"
+            if doc.get("first_started") is None:  # no progress file yet, or the model loads
+                return Progress("running", 0, total, 0, None, "Loading the model…", failed)
+            eta = eta_seconds(done, total, doc["first_started"], time.time())
+            msg = f"Predicting: {done}/{total} images, {format_eta(eta)}"
             return Progress("running", done, total, predicted, eta, msg, failed)
         return Progress(
             st.state, done, total, predicted, None, _final(st, done, total, predicted, doc), failed
@@ -232,8 +233,7 @@ def run(spec: PredictAllSpec) -> dict[str, Any]:
         "predicted": 0,
         "skipped": 0,
         "failed": [],
-        "message": "loading the model",
-        "first_started": None,
+        "first_started": None,  # set once the model is loaded: the ETA counts from here
     }
     _write_json(job_dir / "progress.json", doc)
     predictor = Predictor.from_checkpoint(spec.checkpoint, device=spec.device)
@@ -241,7 +241,6 @@ def run(spec: PredictAllSpec) -> dict[str, Any]:
     t_score = test.object_mask_threshold if spec.score_threshold is None else spec.score_threshold
     t_overlap = test.overlap_threshold if spec.overlap_threshold is None else spec.overlap_threshold
     categories = ws.ensure_meta(predictor.meta)  # workspace category id of each model class
-    doc["message"] = "predicting"
     doc["first_started"] = time.time()
     for image_id in spec.image_ids:
         if ws.image(image_id).status == "unseen":  # opened and saved meanwhile: leave it

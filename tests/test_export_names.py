@@ -146,7 +146,8 @@ def test_review_filter(ws, tmp_path):
     assert report.renamed == []  # the only 000000.png exported keeps its name
     with pytest.raises(
         UserError,
-        match=r"nothing to export: no image matches \(2 not reviewed .*1 predicted \(not incl",
+        match=r"nothing to export: no image is corrected, review accepted; "
+        r"left out 2 not reviewed .*1 predicted \(not incl",
     ):
         export_dataset(
             ws, "coco-panoptic", tmp_path / "none", Selection(("corrected",), "accepted")
