@@ -203,18 +203,18 @@ def build_workspace_tab(ctx: AppContext) -> WorkspaceTab:
         image_id = int(ids[evt.index])
         return None, image_id, wv.details(ws.image(image_id))
 
-    def pick_row(queue_v: str, evt: gr.SelectData):
-        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else None
-        shown = ordered(ws.list_images(counts=False), queue_v or "all")
-        if row is None or not 0 <= row < len(shown):
+    def pick_row(evt: gr.SelectData):
+        row = evt.row_value  # the clicked row itself: right even after a sort in the browser
+        if not row or not str(row[0]).strip().isdigit():
             return gr.skip(), gr.skip(), gr.skip()
-        return None, shown[row].id, wv.details(shown[row])
+        image_id = int(row[0])
+        return None, image_id, wv.details(ws.image(image_id))
 
     def open_selected(image_id):
         return gr.skip() if image_id is None else int(image_id)
 
     pick_out = [open_id, selected, details]
-    for component, fn, inputs in [(gallery, pick, [page_ids]), (table, pick_row, [queue])]:
+    for component, fn, inputs in [(gallery, pick, [page_ids]), (table, pick_row, None)]:
         component.select(fn, inputs, pick_out, api_visibility="private").then(
             open_selected, [selected], [open_id], api_visibility="private"
         )
