@@ -170,9 +170,7 @@ def build_workspace_tab(ctx: AppContext) -> WorkspaceTab:
         where = f"showing {pg.size} ({queue_v}), page {pg.page}/{pg.pages}"
         line = f"{wv.counts_line(records)} — {where}. {wv.LEGEND}"
         table_v = {"data": wv.table_rows(shown), "headers": wv.TABLE_HEADERS}
-        # no item stays highlighted: after a redraw the same index may be another image
-        items = gr.Gallery(value=pg.items, selected_index=None)
-        return items, pg.ids, pg.page, line, table_v
+        return pg.items, pg.ids, pg.page, line, table_v
 
     @guard(len(view_out))
     def show(queue_v, page_v):

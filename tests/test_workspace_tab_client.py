@@ -86,7 +86,7 @@ def test_workspace_flow(server, tmp_path):
 
     # predict all: a job process; progress readable while it runs, statuses predicted after
     text, warn = call(c, "/predict_all")
-    assert not warn and ("images" in text or "loading" in text)
+    assert not warn and ("Predicting" in text or "Loading the model" in text)
     p = _wait_idle(c)
     assert p["state"] == "finished" and p["done"] == p["total"] >= 3, p
     recs = {r.id: r for r in ws.list_images()}
