@@ -16,6 +16,7 @@ COMMANDS = {
     "evaluate": "evaluate",
     "convert": "convert",
     "synth": "synth",
+    "export-onnx": "export_onnx",
 }
 
 

@@ -16,6 +16,11 @@ FORBIDDEN = {
     "inference": {"losses", "training"},
     "data": {"model", "losses", "training"},
     "evaluation": {"training"},
+    "checkpoint": {"losses", "data", "training", "inference", "evaluation", "deploy"},
+    "partial_load": {"losses", "data", "training", "inference", "evaluation", "deploy"},
+    "sources": {"model", "losses", "data", "training", "inference", "evaluation", "deploy"},
+    "converters": {"losses", "data", "training", "inference", "evaluation", "deploy"},
+    "deploy": {"losses", "data", "training", "evaluation"},
 }
 
 

@@ -64,7 +64,7 @@ def test_predict_all_stores_predictions(tmp_path, ckpt):
     assert [recs[i].status for i in ids] == ["predicted"] * 3
     assert recs[corrected].status == "corrected" and recs[corrected].uncertainty is None
     # what is stored is the engine's own merge of the same image at the same thresholds
-    pred = Predictor(ckpt, device="cpu").predict(ws.load_image(ids[0]))
+    pred = Predictor.from_checkpoint(ckpt, device="cpu").predict(ws.load_image(ids[0]))
     ref = pred.panoptic(0.0, 0.0)
     id_map, segs, source = ws.load_annotation(ids[0])
     np.testing.assert_array_equal(id_map, ref.panoptic_seg.numpy())

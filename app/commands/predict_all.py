@@ -20,9 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--checkpoint",
-        type=Path,
         default=None,
-        help="native checkpoint (default: the workspace's active model version, else the demo)",
+        help="a native .safetensors, a Hugging Face folder or hub id, an official .pkl/.pth "
+        "(default: the workspace's active model version, else the shipped demo)",
     )
     parser.add_argument(
         "--score-threshold", type=float, default=None, help="default: the model's own"
@@ -38,18 +38,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _version(ws, checkpoint: Path | None) -> tuple[Path, int]:
-    """The checkpoint to run and its model version id (registered, not activated, if new)."""
+def _version(ws, checkpoint: str | None) -> tuple[Path, int]:
+    """The native checkpoint to run and its model version id (registered, not activated, when
+    new). ``checkpoint`` may be anything ``launch.py --checkpoint`` takes."""
+    from app.model_sources import register_version, resolve_for_workspace
+
     if checkpoint is None:
         active = ws.active_model_version()
-        checkpoint = Path(active.path) if active is not None else DEMO
-    if not checkpoint.is_file():
-        raise UserError(f"checkpoint {checkpoint} not found")
-    path = str(checkpoint)
-    known = next(
-        (v for v in ws.model_versions() if v.path in (path, str(checkpoint.resolve()))), None
-    )
-    return checkpoint, (known or ws.add_model_version(path)).id
+        checkpoint = active.path if active is not None else str(DEMO)
+    resolved = resolve_for_workspace(ws, checkpoint)
+    return Path(resolved.path), register_version(ws, resolved).id
 
 
 def run(args: argparse.Namespace) -> int:
