@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"error: the workspace {args.workspace} is read-only (a read-only file system or "
                 "no write permission) and the app saves into it; copy it somewhere writable, or "
-                f"export it with `python -m maskformer export --workspace {args.workspace} "
+                f"export it with `python -m app export --workspace {args.workspace} "
                 "--out DIR`",
                 file=sys.stderr,
             )

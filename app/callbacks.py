@@ -16,6 +16,7 @@ from app import editing, render, transfer
 from app.editing import Annotation, EditError
 from app.session import Session
 from app.store import Workspace
+from app.uncertainty import image_uncertainty
 from maskformer.errors import ImageReadError, UserError
 from maskformer.inference import Prediction
 
@@ -122,6 +123,8 @@ def open_image(ctx: AppContext, s: Session, image_id: int, score: float, overlap
             source="model",
             model_version_id=ctx.model_version_id,
         )
+        # The review queue's score (app.uncertainty) of the prediction just stored.
+        ws.set_uncertainty(rec.id, image_uncertainty(pred, score, overlap))
     return s
 
 

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import shutil
 import sqlite3
 import threading
@@ -43,6 +44,7 @@ from maskformer.image_io import load_image
 log = logging.getLogger(__name__)
 
 STATUSES = ("unseen", "predicted", "corrected")
+REVIEWS = ("accepted", "needs-changes")  # a reviewer's verdict on an image, as CVAT has
 _FORMAT_EXT = {
     "PNG": ".png",
     "JPEG": ".jpg",
@@ -88,6 +90,24 @@ CREATE TABLE IF NOT EXISTS annotations (
 );
 """
 
+# Columns added after the first schema: ``_migrate`` adds the missing ones to an existing file
+# (``ALTER TABLE ... ADD COLUMN``; existing rows get NULL), so old workspaces open unchanged.
+ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "images": (
+        ("review", "TEXT CHECK (review IS NULL OR review IN ('accepted', 'needs-changes'))"),
+        ("reviewed", "TEXT"),  # ISO time of the review verdict
+        (
+            "uncertainty",
+            "REAL",
+        ),  # app.uncertainty score of the stored prediction; higher = less sure
+    ),
+}
+
+
+def _column(row: sqlite3.Row, name: str) -> Any:
+    """``row[name]``, or None where the file predates the column (``ADDED_COLUMNS``)."""
+    return row[name] if name in row.keys() else None  # noqa: SIM118 (Row "in" tests values)
+
 
 # Names go into every response that lists classes or images: bounded, printable, one line.
 MAX_CATEGORY_NAME = 100
@@ -104,6 +124,11 @@ class ImageRecord:
     height: int
     status: str
     counts: dict[str, int] = field(default_factory=dict)  # category name -> segments
+    review: str | None = None  # "accepted" | "needs-changes" | None (not reviewed)
+    reviewed: str | None = None  # ISO time of the review, None when not reviewed
+    uncertainty: float | None = (
+        None  # model uncertainty of the stored prediction (higher: less sure)
+    )
 
 
 @dataclass(frozen=True)
@@ -227,6 +252,7 @@ class Workspace:
             return
         (self.root / "images").mkdir(parents=True, exist_ok=True)
         self._create_schema()
+        self._migrate()
         self.cleaned = self.cleanup()  # what an interrupted import or export left
 
     def _create_schema(self) -> None:
@@ -249,6 +275,27 @@ class Workspace:
         """Raise WorkspaceReadOnlyError (one sentence) if this workspace opened read-only."""
         if self.read_only:
             raise WorkspaceReadOnlyError(READ_ONLY.format(root=self.root))
+
+    def _migrate(self) -> None:
+        """Add the columns of ``ADDED_COLUMNS`` that an older workspace file lacks (a read when
+        nothing is missing, one transaction otherwise)."""
+
+        def missing(con: sqlite3.Connection) -> list[tuple[str, str, str]]:
+            out = []
+            for table, columns in ADDED_COLUMNS.items():
+                have = {r["name"] for r in con.execute(f"PRAGMA table_info({table})")}
+                out += [(table, name, decl) for name, decl in columns if name not in have]
+            return out
+
+        con = self._connect()
+        try:
+            todo = missing(con)
+        finally:
+            con.close()
+        if todo:
+            with self._tx() as con:
+                for table, name, decl in missing(con):  # again, under the write lock
+                    con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
 
     # ---------------------------------------------------------------- connections
 
@@ -446,11 +493,12 @@ class Workspace:
             raise WorkspaceError(f"the workspace has no image with id {image_id}")
         return self._record(rows[0], self._counts().get(int(image_id), {}))
 
-    def list_images(self) -> list[ImageRecord]:
-        """All images in insertion order, with status and per-class segment counts."""
-        counts = self._counts()
+    def list_images(self, *, counts: bool = True) -> list[ImageRecord]:
+        """All images in insertion order, with status, review, uncertainty and (unless
+        ``counts`` is False, which saves reading every annotation) per-class segment counts."""
+        per_image = self._counts() if counts else {}
         return [
-            self._record(r, counts.get(int(r["id"]), {}))
+            self._record(r, per_image.get(int(r["id"]), {}))
             for r in self._read("SELECT * FROM images ORDER BY id")
         ]
 
@@ -477,6 +525,10 @@ class Workspace:
             int(r["height"]),
             r["status"],
             counts,
+            # A read-only workspace from before these columns cannot be migrated: read as None.
+            review=_column(r, "review"),
+            reviewed=_column(r, "reviewed"),
+            uncertainty=None if _column(r, "uncertainty") is None else float(r["uncertainty"]),
         )
 
     def image_path(self, image_id: int) -> Path:
@@ -491,6 +543,33 @@ class Workspace:
             raise WorkspaceError(f"unknown image status {status!r}; expected one of {STATUSES}")
         with self._tx() as con:
             con.execute("UPDATE images SET status = ? WHERE id = ?", (status, int(image_id)))
+
+    def set_review(self, image_id: int, review: str | None) -> ImageRecord:
+        """Record a reviewer's verdict ("accepted" / "needs-changes") with the time; None clears
+        it. Independent of the status: saving a correction keeps the verdict."""
+        if review is not None and review not in REVIEWS:
+            raise WorkspaceError(f"unknown review {review!r}; expected one of {REVIEWS} or None")
+        with self._tx() as con:
+            cur = con.execute(
+                "UPDATE images SET review = ?, reviewed = ? WHERE id = ?",
+                (review, None if review is None else _now(), int(image_id)),
+            )
+            if cur.rowcount == 0:
+                raise WorkspaceError(f"the workspace has no image with id {image_id}")
+        return self.image(image_id)
+
+    def set_uncertainty(self, image_id: int, value: float | None) -> None:
+        """Store the uncertainty score of the image's latest prediction (None: unknown)."""
+        if value is not None:
+            value = float(value)
+            if not math.isfinite(value):
+                raise WorkspaceError(f"uncertainty must be a finite number, got {value}")
+        with self._tx() as con:
+            cur = con.execute(
+                "UPDATE images SET uncertainty = ? WHERE id = ?", (value, int(image_id))
+            )
+            if cur.rowcount == 0:
+                raise WorkspaceError(f"the workspace has no image with id {image_id}")
 
     # ---------------------------------------------------------------- annotations
 
@@ -521,6 +600,34 @@ class Workspace:
                 return False
             self._write_annotation(
                 con, int(image_id), id_map, segments, status, source, model_version_id
+            )
+        return True
+
+    def save_prediction(
+        self,
+        image_id: int,
+        id_map: np.ndarray,
+        segments: list[dict[str, Any]],
+        *,
+        uncertainty: float | None,
+        model_version_id: int | None = None,
+    ) -> bool:
+        """Store a model prediction (status "predicted") and its uncertainty in one transaction;
+        a corrected image is left alone (returns False)."""
+        if uncertainty is not None and not math.isfinite(float(uncertainty)):
+            raise WorkspaceError(f"uncertainty must be a finite number, got {uncertainty}")
+        with self._tx() as con:
+            row = con.execute("SELECT status FROM images WHERE id = ?", (int(image_id),)).fetchone()
+            if row is None:
+                raise WorkspaceError(f"the workspace has no image with id {image_id}")
+            if row["status"] == "corrected":
+                return False
+            self._write_annotation(
+                con, int(image_id), id_map, segments, "predicted", "model", model_version_id
+            )
+            con.execute(
+                "UPDATE images SET uncertainty = ? WHERE id = ?",
+                (None if uncertainty is None else float(uncertainty), int(image_id)),
             )
         return True
 

@@ -4,24 +4,23 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import shutil
 import stat
 import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
+# FORMATS and Record are re-exported for the callers that import them from here.
+from app.export import FORMATS, Record, export_dataset, export_dataset_zip, selection_for
 from app.store import NewAnnotation, NewImage, Workspace, prepare_image
 from maskformer.config import DatasetMeta
 from maskformer.data import open_dataset
 from maskformer.data.base import IMAGE_EXTENSIONS
-from maskformer.data.coco import write_coco_instances, write_coco_panoptic
 from maskformer.errors import DatasetError, ImageReadError, UserError
 
-FORMATS = ("coco-panoptic", "coco-instances")
+__all__ = ["FORMATS", "ImportReport", "Record", "export", "export_zip", "import_source"]
 
 
 @dataclass
@@ -49,16 +48,6 @@ class ImportReport:
         self.annotated += other.annotated
         self.skipped += other.skipped
         self.notes += other.notes
-
-
-@dataclass(frozen=True)
-class Record:
-    """What ``write_coco_*`` needs per image (category ids contiguous in the export meta)."""
-
-    id_map: object
-    segments: list[dict]
-    image_id: int
-    file_name: str
 
 
 # ------------------------------------------------------------------------------------ import
@@ -303,94 +292,14 @@ def _add(
 
 
 # ------------------------------------------------------------------------------------ export
+# The export lives in app/export.py; these keep the callers that want only the path working.
 
 
 def export(ws: Workspace, fmt: str, out_dir: str | Path, include_predicted: bool = False) -> Path:
-    """Write the annotated images in the project's dataset layout (``open_dataset`` reads it).
-
-    ``coco-panoptic``: ``images/``, ``panoptic/`` (RGB id PNGs), ``panoptic.json``.
-    ``coco-instances``: ``images/``, ``instances.json`` (RLE masks of thing segments).
-    The folder is built next to ``out_dir`` and renamed into place, so a crash leaves no half
-    export. Images with status "corrected" are exported (plus "predicted" when asked).
-    """
-    if fmt not in FORMATS:
-        raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out}: already exists and is not an empty folder")
-    with ws.writing_files():  # Workspace.cleanup leaves the temp folder alone meanwhile
-        return _export(ws, fmt, out, include_predicted)
-
-
-def _export(ws: Workspace, fmt: str, out: Path, include_predicted: bool) -> Path:
-    records, tmp = [], Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=_parent(out)))
-    try:
-        records = _write_images(ws, tmp / "images", include_predicted)
-        if not records:
-            raise UserError("nothing to export: no image has a saved (corrected) annotation")
-        meta, _ = ws.meta()
-        if fmt == "coco-panoptic":
-            write_coco_panoptic(tmp / "panoptic.json", tmp / "panoptic", records, meta)
-        else:
-            write_coco_instances(tmp / "instances.json", records, meta)
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
-
-
-def _parent(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return out.parent
-
-
-def _write_images(ws: Workspace, image_dir: Path, include_predicted: bool) -> list[Record]:
-    """Copy the original image bytes and collect records with contiguous category ids."""
-    statuses = {"corrected", "predicted"} if include_predicted else {"corrected"}
-    _, cat_ids = ws.meta()
-    contiguous = {cid: i for i, cid in enumerate(cat_ids)}
-    image_dir.mkdir(parents=True)
-    records = []
-    for rec in ws.list_images():
-        if rec.status not in statuses:
-            continue
-        stored = ws.load_annotation(rec.id)
-        if stored is None:
-            continue
-        id_map, segments, _ = stored
-        name = f"{rec.id:06d}_{_safe_stem(rec.name)}{Path(rec.file).suffix}"
-        shutil.copyfile(ws.root / rec.file, image_dir / name)
-        # Ground truth only: the model's query/score stay in the workspace.
-        segs = [
-            {
-                "id": int(s["id"]),
-                "category_id": contiguous[int(s["category_id"])],
-                "iscrowd": int(s.get("iscrowd") or 0),
-                "isthing": bool(s.get("isthing")),
-            }
-            for s in segments
-        ]
-        records.append(Record(id_map, segs, rec.id, name))
-    return records
-
-
-def _safe_stem(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).stem)[:60] or "image"
+    """``export_dataset`` of the corrected images (and predicted ones when asked); the folder."""
+    return export_dataset(ws, fmt, out_dir, selection_for(include_predicted)).path
 
 
 def export_zip(ws: Workspace, fmt: str, include_predicted: bool = False) -> Path:
-    """Export under ``<workspace>/exports/<fmt>-<time>/`` and zip it; returns the zip path."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    with ws.writing_files():
-        folder = export(ws, fmt, ws.root / "exports" / f"{fmt}-{stamp}", include_predicted)
-        zip_path = folder.with_suffix(".zip")
-        tmp = zip_path.with_name(f".{zip_path.name}.tmp")
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-            for f in sorted(folder.rglob("*")):
-                if f.is_file():
-                    zf.write(f, f.relative_to(folder.parent).as_posix())
-        tmp.replace(zip_path)
-    return zip_path
+    """``export_dataset_zip`` of the corrected (and predicted, when asked) images; the zip."""
+    return export_dataset_zip(ws, fmt, selection_for(include_predicted)).path

@@ -9,7 +9,6 @@ from app import views
 from app.callbacks import AppContext
 from app.guard import guard
 from app.render import hex_color
-from app.safe_import import import_for_app
 from app.session import Session
 from maskformer.errors import UserError
 
@@ -204,44 +203,11 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                         redo_btn = gr.Button("Redo", elem_id="redo-btn")
                         reset_btn = gr.Button("Reset to model", elem_id="reset-btn")
                         save_btn = gr.Button("Save", elem_id="save-btn", variant="primary")
-            with gr.Tab("Workspace", id="workspace"):
-                ws_table = gr.Dataframe(
-                    headers=views.WORKSPACE_HEADERS, interactive=False, elem_id="workspace-table"
-                )
-                with gr.Row():
-                    refresh_btn = gr.Button("Refresh", elem_id="refresh-btn")
-                    image_num = gr.Number(label="Image id", precision=0, elem_id="image-num")
-                    open_btn = gr.Button("Open image", elem_id="open-image")
-                with gr.Row():
-                    import_path = gr.Textbox(
-                        label="Import from a server path",
-                        placeholder="folder of images, COCO panoptic folder "
-                        "or JSON, COCO instances JSON",
-                        elem_id="import-path",
-                    )
-                    import_files = gr.File(
-                        label="…or upload images",
-                        file_count="multiple",
-                        file_types=["image", ".zip"],
-                        elem_id="import-files",
-                    )
-                    import_btn = gr.Button("Import", elem_id="import-btn")
-                import_info = gr.Markdown(elem_id="import-info")
-                with gr.Row():
-                    fmt = gr.Radio(
-                        list(cb.transfer.FORMATS),
-                        value="coco-panoptic",
-                        label="Export format",
-                        elem_id="export-format",
-                    )
-                    include_pred = gr.Checkbox(
-                        False, label="include uncorrected predictions", elem_id="export-predicted"
-                    )
-                    export_btn = gr.Button("Export", elem_id="export-btn")
-                export_file = gr.File(
-                    label="Export (zip)", interactive=False, elem_id="export-file"
-                )
-                export_info = gr.Markdown(elem_id="export-info")
+            # Workspace tab (app/workspace_tab.py) -------------------------------------
+            from app.workspace_tab import build_workspace_tab
+
+            wt = build_workspace_tab(ctx)
+            # end of Workspace tab --------------------------------------------------
             # Train tab (app/train_tab.py) ----------------------------------------
             from app.train_tab import build_train_tab
 
@@ -310,8 +276,8 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
 
         @guard(len(open_out))
         def open_image(s, image_id, score_v, overlap_v, dropped):
-            if image_id is None:
-                raise UserError("enter the id of a workspace image")
+            if image_id is None:  # the Workspace tab clears open_id before setting it
+                return tuple(gr.skip() for _ in open_out)
             return open_values(cb.open_image(ctx, s, int(image_id), score_v, overlap_v), dropped)
 
         @guard(len(remerge_out))
@@ -327,8 +293,8 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         example_btn.click(
             open_example, [state, example, *open_in], open_out, api_name="open_example", **model
         )
-        open_btn.click(
-            open_image, [state, image_num, *open_in], open_out, api_name="open_image", **model
+        wt.open_id.change(
+            open_image, [state, wt.open_id, *open_in], open_out, api_name="open_image", **model
         )
         score.change(
             remerge,
@@ -479,50 +445,12 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
             apply_brush, [state, editor, class_dd, new_thing], brush_out, api_name="apply_brush"
         ).then(refresh_editor, [state], [editor], api_visibility="private")
 
-        @guard(2)
+        @guard(1 + len(wt.refresh_outputs))
         def save(s):
             msg = cb.save(ctx, s)
             gr.Info(msg)
-            return views.status_line(ws, s), {
-                "data": views.workspace_rows(ws),
-                "headers": views.WORKSPACE_HEADERS,
-            }
+            return (views.status_line(ws, s), *wt.refresh())
 
-        save_btn.click(save, [state], [status, ws_table], api_name="save")
+        save_btn.click(save, [state], [status, *wt.refresh_outputs], api_name="save")
 
-        # ------------------------------------------------------------------ workspace
-
-        def list_images():
-            return {"data": views.workspace_rows(ws), "headers": views.WORKSPACE_HEADERS}
-
-        def pick_image(evt: gr.SelectData):
-            rows = views.workspace_rows(ws)
-            row = evt.index[0] if isinstance(evt.index, (list, tuple)) else None
-            return rows[row][0] if row is not None and 0 <= row < len(rows) else gr.skip()
-
-        @guard(3)
-        def do_import(path, files):
-            msg = import_for_app(ctx.workspace, path, files)  # in a child process
-            gr.Info(msg)
-            return msg, list_images(), gr.Dropdown(choices=[c.name for c in ws.categories()])
-
-        @guard(2)
-        def do_export(fmt_v, pred):
-            path = cb.export(ctx, fmt_v, bool(pred))
-            return str(path), f"Exported to `{path}`."
-
-        refresh_btn.click(list_images, None, ws_table, api_name="list_images")
-        ws_table.select(pick_image, None, image_num, api_visibility="private")
-        import_btn.click(
-            do_import,
-            [import_path, import_files],
-            [import_info, ws_table, class_dd],
-            api_name="import",
-            concurrency_id="model",
-            concurrency_limit=1,
-        )
-        export_btn.click(
-            do_export, [fmt, include_pred], [export_file, export_info], api_name="export"
-        )
-        demo.load(list_images, None, ws_table, api_visibility="private")
     return demo

@@ -20,8 +20,6 @@ COMMANDS = {
     "evaluate": "evaluate",
     "convert": "convert",
     "synth": "synth",
-    "import": "import_",
-    "export": "export",
     "export-onnx": "export_onnx",
 }
 

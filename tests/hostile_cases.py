@@ -2,7 +2,7 @@
 
 Each ``Case`` writes its input under a folder of its own and names the entry point it attacks:
 
-- ``import``: the import command into a workspace (``python -m maskformer import``; the app's
+- ``import``: the import command into a workspace (``python -m app import``; the app's
   Import button runs the same code in a child process, ``app.safe_import``),
 - ``predict`` / ``evaluate`` / ``train``: those commands of ``python -m maskformer``,
 - ``name``: a category name given to the workspace,

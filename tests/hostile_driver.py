@@ -83,8 +83,12 @@ class Fixtures:
 
 
 def _cli(argv: list[str]) -> tuple[int, str]:
-    """``python -m maskformer ARGV`` in this process: (exit status, what it printed to stderr)."""
-    from maskformer.__main__ import main
+    """``python -m maskformer ARGV`` (``python -m app`` for the workspace commands) in this
+    process: (exit status, what it printed to stderr)."""
+    if argv[0] in ("import", "export"):
+        from app.__main__ import main
+    else:
+        from maskformer.__main__ import main
 
     err, out = io.StringIO(), io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):

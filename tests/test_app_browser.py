@@ -213,14 +213,16 @@ def test_user_journey(page, shots, tmp_path):
     page.click("#save-btn")
     wait_status(page, "saved")
     page.get_by_role("tab", name="Workspace").click()
+    page.get_by_text("Table (the shown queue").click()
     page.wait_for_function(
         "document.querySelector('#workspace-table').innerText.includes('corrected')"
     )
     row = next(r for r in table_rows(page, "workspace-table") if r[1] == "browser.png")
-    assert row[3] == "corrected" and "kite x1" in row[4]
+    assert row[3] == "corrected" and "kite x1" in row[7]
     shot(page, shots, "11-workspace")
 
     # export COCO panoptic and download the zip through the browser
+    page.get_by_text("Export", exact=True).first.click()
     page.get_by_label("coco-panoptic").check()
     page.click("#export-btn")
     link = page.locator("#export-file a").first

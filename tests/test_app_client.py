@@ -141,12 +141,13 @@ def test_inspect_correct_save_export(server, tmp_path):
     assert len(out["segments"]["data"]) == n - 1
     out, _ = call(c, "/undo", names=EDIT_OUT)
     assert len(out["segments"]["data"]) == n
-    (status, ws_rows), _ = call(c, "/save")
+    (status, _revision), _ = call(c, "/save")
     assert "saved" in status
-    row = next(r for r in ws_rows["data"] if r[1] == "upload.png")
-    assert row[3] == "corrected" and "kite x1" in row[4]
+    (_gallery, _page, _counts, table), _ = call(c, "/list_images", "all", 1)
+    row = next(r for r in table["data"] if r[1] == "upload.png")
+    assert row[3] == "corrected" and "kite x1" in row[7]
 
-    (zip_file, _msg), warn = call(c, "/export", "coco-panoptic", False)
+    (zip_file, _msg), warn = call(c, "/export", "coco-panoptic", ["corrected"], "any")
     assert not warn
     with zipfile.ZipFile(zip_file["path"]) as zf:
         names = zf.namelist()
@@ -180,14 +181,14 @@ def test_sessions_are_separate(server, tmp_path):
 )
 def test_bad_upload_warns_and_server_keeps_serving(server, tmp_path, data, match):
     c = client(server)
-    before, _ = call(c, "/list_images")
+    before, _ = call(c, "/list_images", "all", 1)
     bad = tmp_path / "bad.png"
     bad.write_bytes(data)
     out, warn = call(c, "/open_upload", handle_file(str(bad)), 0.5, 0.8, False)
     assert len(warn) == 1 and "bad.png" in warn[0] and any(m in warn[0] for m in match.split("|"))
     assert all(o == {"__type__": "update"} for o in out)
     assert server.alive()
-    after, _ = call(c, "/list_images")
+    after, _ = call(c, "/list_images", "all", 1)
     assert after == before
 
 
@@ -195,8 +196,8 @@ def test_broken_coco_import_warns(server, tmp_path):
     broken = server.root / "imports" / "panoptic.json"
     broken.write_text('{"images": [1, 2], "annotations": [')
     c = client(server)
-    before, _ = call(c, "/list_images")
-    out, warn = call(c, "/import", str(broken), None)
+    before, _ = call(c, "/list_images", "all", 1)
+    out, warn = call(c, "/import", str(broken), None, "all", 1)
     assert len(warn) == 1 and "invalid JSON" in warn[0]
     assert all(o == {"__type__": "update"} for o in out)
-    assert call(c, "/list_images")[0] == before and server.alive()
+    assert call(c, "/list_images", "all", 1)[0] == before and server.alive()

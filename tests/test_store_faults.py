@@ -250,12 +250,12 @@ def test_a_read_only_workspace_opens_for_viewing_and_exporting(tmp_path):
 
 
 def test_read_only_commands_are_one_line(tmp_path):
-    from maskformer.__main__ import main
+    from app.__main__ import main
 
     ws, _, _ = _annotated(tmp_path)
     with read_only(ws.root):
         r = subprocess.run(
-            [sys.executable, "-m", "maskformer", "import", "--workspace", str(ws.root), "x.png"],
+            [sys.executable, "-m", "app", "import", "--workspace", str(ws.root), "x.png"],
             capture_output=True,
             text=True,
             cwd=ROOT,
