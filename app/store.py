@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
@@ -23,6 +24,7 @@ from maskformer.errors import ImageReadError, UserError
 from maskformer.image_io import load_image
 
 STATUSES = ("unseen", "predicted", "corrected")
+REVIEWS = ("accepted", "needs-changes")  # a reviewer's verdict on an image, as CVAT has
 _FORMAT_EXT = {
     "PNG": ".png",
     "JPEG": ".jpg",
@@ -68,6 +70,15 @@ CREATE TABLE IF NOT EXISTS annotations (
 );
 """
 
+# Columns added after the first schema: ``_migrate`` adds the missing ones to an existing file.
+ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "images": (
+        ("review", "TEXT CHECK (review IS NULL OR review IN ('accepted', 'needs-changes'))"),
+        ("reviewed", "TEXT"),  # ISO time of the review verdict
+        ("uncertainty", "REAL"),  # app.uncertainty score of the last prediction; higher = less sure
+    ),
+}
+
 
 class WorkspaceError(UserError):
     """A workspace operation that cannot be done (unknown image or category, bad annotation)."""
@@ -83,6 +94,9 @@ class ImageRecord:
     height: int
     status: str
     counts: dict[str, int] = field(default_factory=dict)  # category name -> segments
+    review: str | None = None  # "accepted" | "needs-changes" | None (not reviewed)
+    reviewed: str | None = None  # ISO time of the review
+    uncertainty: float | None = None  # of the last prediction (higher: the model is less sure)
 
 
 @dataclass(frozen=True)
@@ -170,6 +184,16 @@ class Workspace:
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the columns of ``ADDED_COLUMNS`` that an older workspace file lacks."""
+        with self._tx() as con:
+            for table, columns in ADDED_COLUMNS.items():
+                have = {r["name"] for r in con.execute(f"PRAGMA table_info({table})")}
+                for name, decl in columns:
+                    if name not in have:
+                        con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
 
     # ---------------------------------------------------------------- connections
 
@@ -294,6 +318,9 @@ class Workspace:
             int(r["height"]),
             r["status"],
             counts,
+            review=r["review"],
+            reviewed=r["reviewed"],
+            uncertainty=None if r["uncertainty"] is None else float(r["uncertainty"]),
         )
 
     def image_path(self, image_id: int) -> Path:
@@ -308,6 +335,30 @@ class Workspace:
             raise WorkspaceError(f"unknown image status {status!r}; expected one of {STATUSES}")
         with self._tx() as con:
             con.execute("UPDATE images SET status = ? WHERE id = ?", (status, int(image_id)))
+
+    def set_review(self, image_id: int, review: str | None) -> ImageRecord:
+        """Record a reviewer's verdict ("accepted" / "needs-changes") with the time; None clears
+        it. Independent of the status."""
+        if review is not None and review not in REVIEWS:
+            raise WorkspaceError(f"unknown review {review!r}; expected one of {REVIEWS} or None")
+        with self._tx() as con:
+            cur = con.execute(
+                "UPDATE images SET review = ?, reviewed = ? WHERE id = ?",
+                (review, None if review is None else _now(), int(image_id)),
+            )
+            if cur.rowcount == 0:
+                raise WorkspaceError(f"the workspace has no image with id {image_id}")
+        return self.image(image_id)
+
+    def set_uncertainty(self, image_id: int, value: float | None) -> None:
+        """Store the uncertainty score of the image's latest prediction (None: unknown)."""
+        if value is not None and not math.isfinite(float(value)):
+            raise WorkspaceError(f"uncertainty must be a finite number, got {value}")
+        with self._tx() as con:
+            con.execute(
+                "UPDATE images SET uncertainty = ? WHERE id = ?",
+                (None if value is None else float(value), int(image_id)),
+            )
 
     # ---------------------------------------------------------------- annotations
 
