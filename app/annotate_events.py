@@ -98,6 +98,11 @@ def _reset(ctx: AppContext, s: Session, req: Request) -> Any:
     return None
 
 
+def _save(ctx: AppContext, s: Session, req: Request) -> Any:
+    cb.save(ctx, s)
+    return KEEP
+
+
 def _resend(ctx: AppContext, s: Session, req: Request) -> Any:
     views.resend(s)
     return KEEP
@@ -124,10 +129,11 @@ CANVAS_OPS: dict[str, Callable[[AppContext, Session, Request], Any]] = {
     "undo": _undo,
     "redo": _redo,
     "reset": _reset,
+    "save": _save,
     "resend": _resend,
     "add_class": _add_class,
 }
-EDIT_OPS = frozenset(CANVAS_OPS) - {"select_at", "resend", "add_class"}
+EDIT_OPS = frozenset(CANVAS_OPS) - {"select_at", "resend", "add_class", "save"}
 
 
 def show_query(ctx: AppContext, s: Session, req: Request) -> str:

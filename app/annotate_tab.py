@@ -82,10 +82,11 @@ def flush_on_unload(ctx: AppContext, request: gr.Request) -> None:
 
 def build_annotate_tab(ctx: AppContext) -> AnnotateTab:
     """Components and events of the Annotate tab (inside a ``gr.Tab``)."""
+    def new_session() -> Session:
+        return Session(score_threshold=ctx.default_score, overlap_threshold=ctx.default_overlap)
+
     # a factory, not a Session: gradio calls it for each new page (and never serialises it)
-    state = gr.State(
-        lambda: Session(score_threshold=ctx.default_score, overlap_threshold=ctx.default_overlap)
-    )
+    state = gr.State(new_session)
     with gr.Row(elem_id="model-row"):
         model_line = gr.HTML(views.model_line(ctx), elem_id="model-line")
     with gr.Row(elem_id="nav-row"):
@@ -134,7 +135,7 @@ def build_annotate_tab(ctx: AppContext) -> AnnotateTab:
                 1,
                 ctx.default_score,
                 step=0.01,
-                label="Score threshold: keep queries whose class probability is above",
+                label="Score threshold (a query is kept above it)",
                 elem_id="score-threshold",
             )
             overlap = gr.Slider(
@@ -142,7 +143,7 @@ def build_annotate_tab(ctx: AppContext) -> AnnotateTab:
                 1,
                 ctx.default_overlap,
                 step=0.01,
-                label="Overlap threshold: drop a query that keeps less of its own mask",
+                label="Overlap threshold (share of its mask a query must keep)",
                 elem_id="overlap-threshold",
             )
             gr.HTML('<div id="segment-panel-root"></div>', elem_id="segment-panel")

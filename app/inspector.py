@@ -56,7 +56,7 @@ def _stuff_home(s: Session, q: int) -> int | None:
 
 def gallery(s: Session) -> dict[str, Any]:
     """Every query sorted by score, with its fate; the thumbnails as one sprite (sent once)."""
-    if s.prediction is None or s.thumbs is None:
+    if s.prediction is None:
         return {"items": []}
     meta = s.prediction.meta
     labels, scores = query_scores(s)
@@ -73,6 +73,8 @@ def gallery(s: Session) -> dict[str, Any]:
                 "reason": f["reason"],
             }
         )
+    if s.thumbs is None:  # made after the canvas shows (``callbacks.inspect_prediction``)
+        return {"items": items}
     n, th, tw = s.thumbs.shape[:3]
     cols = min(SPRITE_COLUMNS, n)
     rows = math.ceil(n / cols)

@@ -92,10 +92,8 @@ def resend(s: Session) -> None:
 
 def status_word(s: Session) -> str:
     """What the workspace holds for the open image, in a word or two."""
-    if s.dirty and s.edited:
-        return "edited (saving…)"
     if s.edited:
-        return "corrected (autosaved)" if s.stored_status == "corrected" else "edited"
+        return "edited · saved automatically"
     return s.stored_status
 
 

@@ -38,8 +38,12 @@ function renderPanel() {
     `<div class="mfs-table"><table><thead><tr><th></th><th>id</th><th>class</th><th>area</th><th>score</th><th>src</th></tr></thead>` +
     `<tbody>${rows}</tbody></table></div>` +
     `<div class="mfs-undo" title="Ctrl+Z">${undo}</div>`;
-  const on = p.querySelector(".mfs-row.on");
-  if (on) on.scrollIntoView({ block: "nearest" });
+  const on = p.querySelector(".mfs-row.on"), box = p.querySelector(".mfs-table");
+  if (on && box) {  // keep the selected row in view (inside the table only, never the page)
+    const top = on.offsetTop - box.querySelector("thead").offsetHeight;
+    if (top < box.scrollTop) box.scrollTop = top;
+    else if (on.offsetTop + on.offsetHeight > box.scrollTop + box.clientHeight) box.scrollTop = on.offsetTop + on.offsetHeight - box.clientHeight;
+  }
 }
 
 function panelHover(id) {
