@@ -82,6 +82,7 @@ def flush_on_unload(ctx: AppContext, request: gr.Request) -> None:
 
 def build_annotate_tab(ctx: AppContext) -> AnnotateTab:
     """Components and events of the Annotate tab (inside a ``gr.Tab``)."""
+
     def new_session() -> Session:
         return Session(score_threshold=ctx.default_score, overlap_threshold=ctx.default_overlap)
 
@@ -366,7 +367,8 @@ def _wire_navigation(
         (save_btn, save_next, "save_next"),
         (uncertain_btn, most_uncertain, "next_uncertain"),
     ]:
-        btn.click(_guarded(fn, 3), ins, outs, api_name=name, **model).then(
+        # "multiple": a key pressed again while an image opens is queued, not dropped
+        btn.click(_guarded(fn, 3), ins, outs, api_name=name, trigger_mode="multiple", **model).then(
             *inspect, api_visibility="private"
         )
 

@@ -8,6 +8,7 @@ const sprites = new Map();  // key -> data URL of the thumbnail sheet
 const greys = new Map();  // key -> decoded probability map
 let last = null;
 let viewsFor = null;
+let resentFor = null;
 
 function mfs() { return window.mfs; }
 function escI(s) {
@@ -73,8 +74,12 @@ async function renderDetail(d) {
     (d.seg != null ? `<button class="mfs-goto" data-seg="${d.seg}">Select segment ${d.seg}</button>` : "");
   box.innerHTML = `<div class="mfs-qhead" id="query-info">query ${d.q}: mask area ${d.area} px; ${escI(d.text)}</div>` +
     `<canvas class="mfs-heat"></canvas><div class="mfs-bars">${bars}</div><div class="mfs-qbtns">${buttons}</div>`;
+  box.closest(".mfs-pane").scrollTop = 0;
   const c = box.querySelector(".mfs-heat");
-  if (!heat) return;
+  if (!heat) {  // the answer that carried it was merged into a later one: ask again, once
+    if (mfs() && resentFor !== d.heat.key) { resentFor = d.heat.key; mfs().send("resend_inspector", {}, false); }
+    return;
+  }
   const w = Math.min(box.clientWidth || 360, 360), h = Math.round(w * heat.height / heat.width);
   c.width = w; c.height = h;
   const cx = c.getContext("2d", { willReadFrequently: true });
@@ -145,13 +150,15 @@ async function applyInspector(v) {
     element.querySelector("#views").innerHTML = '<p class="mfs-dim">The semantic and instance views of the open image.</p>';
   }
   last = v;
-  element.dataset.revision = String((+element.dataset.revision || 0) + 1);
   if (v.gallery) renderGallery(v.gallery);
   if (v.query) await renderDetail(v.query);
   if (v.probe) renderProbe(v.probe);
   if (v.views) await renderViews(v.views);
   if (v.tab) show(v.tab);
-  element.dataset.revision = String((+element.dataset.revision || 0) + 1);
+  const box = element.querySelector(".mfs-insp");
+  box.dataset.image = v.image_id == null ? "" : String(v.image_id);
+  box.dataset.thumbs = v.gallery && v.gallery.sprite ? "1" : "";
+  box.dataset.revision = String((+box.dataset.revision || 0) + 1);
 }
 
 function receiveInspector() {
