@@ -75,19 +75,19 @@ def save_and_next(
 
 
 def next_uncertain(ctx: AppContext, s: Session, score: float, overlap: float) -> Session:
-    """Open the most unsure image after the open one in the "uncertain" queue (from its start
-    again at the end; its first when the open image is not in it). The arrows keep the queue
-    the user chose."""
-    autosave.flush(ctx, s)  # a correction takes the open image out of the queue
-    order = [i for i in image_order(ctx.workspace, "uncertain")]
+    """Open the most unsure image still to review: the next in the "uncertain" queue's order
+    after the open one (from its start again at the end) that is neither corrected nor accepted.
+    The arrows keep the queue the user chose."""
+    autosave.flush(ctx, s)  # a correction takes the open image out of the running
+    ws = ctx.workspace
+    todo = {r.id for r in ws.list_images() if r.status != "corrected" and r.review != "accepted"}
+    order = image_order(ws, "uncertain")
     if s.image_id in order:
         i = order.index(s.image_id)
         order = order[i + 1 :] + order[:i]
+    order = [i for i in order if i in todo and i != s.image_id]
     if not order:
-        raise UserError(
-            "no other image in the 'uncertain' queue (images get a score when the model runs on "
-            "them; corrected and accepted ones leave the queue)"
-        )
+        raise UserError("every other image is corrected or accepted: nothing left to review")
     return open_id(ctx, s, order[0], score, overlap, "uncertain")
 
 
