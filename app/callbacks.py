@@ -67,14 +67,14 @@ def open_image(ctx: AppContext, s: Session, image_id: int, score: float, overlap
     s.view = canvas.view_image(image, *canvas.display_size(*image.shape[:2]))
     s.prediction = pred
     s.model_version_id = model.version_id
-    merge_map = _merge(s, score, overlap)
+    pan = _merge(s, score, overlap)
     stored = ws.load_annotation(rec.id)
     if stored is not None and rec.status == "corrected":
         s.annotation = editing.make_annotation(stored[0], stored[1])
         s.edited = True
         s.stored_status = "corrected"
     else:
-        s.annotation = merged_annotation(ctx, s, merge_map)
+        s.annotation = merged_annotation(ctx, s, np.asarray(pan.panoptic_seg))
         ws.save_annotation(
             rec.id,
             s.annotation.id_map,
@@ -84,35 +84,46 @@ def open_image(ctx: AppContext, s: Session, image_id: int, score: float, overlap
             model_version_id=model.version_id,
         )
         s.stored_status = rec.status if rec.status == "corrected" else "predicted"
+    # the review queue's score, from the merge just made (a second merge costs seconds at 12 MP)
+    ws.set_uncertainty(rec.id, image_uncertainty(_SameMerge(pred, pan), score, overlap))
     s.message = f"Opened {rec.name} ({image.shape[1]}x{image.shape[0]})."
     return s
 
 
+class _SameMerge:
+    """A ``Prediction`` whose ``panoptic`` at the given thresholds is an already made result."""
+
+    def __init__(self, pred: Any, pan: Any):
+        self._pred, self._pan = pred, pan
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pred, name)
+
+    def panoptic(self, score: float | None = None, overlap: float | None = None) -> Any:
+        return self._pan
+
+
 def inspect_prediction(ctx: AppContext, s: Session) -> Session:
-    """The slower part of opening, done after the canvas shows: query thumbnails and the
-    image's uncertainty score (stored for the review queue)."""
+    """The part of opening done after the canvas shows: the query thumbnails."""
     s.require_image()
-    pred = s.prediction
     h, w = render.thumbnail_size(*s.image_hw, THUMB_SIDE)
     small = canvas.view_image(s.view, h, w)
-    s.thumbs = np.stack(render.thumbnails(small, pred.thumbnail_probs(h, w).numpy()))
-    score = image_uncertainty(pred, s.score_threshold, s.overlap_threshold)
-    ctx.workspace.set_uncertainty(s.image_id, score)
+    s.thumbs = np.stack(render.thumbnails(small, s.prediction.thumbnail_probs(h, w).numpy()))
     return s
 
 
 # ------------------------------------------------------------------------------------ merging
 
 
-def _merge(s: Session, score: float, overlap: float) -> np.ndarray:
-    """Merge at new thresholds; returns the merge's full-size id map (the session keeps only
-    its segment list: the map becomes the annotation or is dropped)."""
+def _merge(s: Session, score: float, overlap: float) -> Any:
+    """Merge at new thresholds; returns the engine's ``PanopticResult`` (the session keeps only
+    its segment list: its full-size map becomes the annotation or is dropped)."""
     s.score_threshold, s.overlap_threshold = float(score), float(overlap)
     # The engine's own merge on the cached outputs: no model run, and exactly what
     # `predict` / `evaluate` compute at these thresholds.
     pan = s.prediction.panoptic(float(score), float(overlap))
     s.merged = Merge(list(pan.segments), list(pan.dropped), float(score), float(overlap))
-    return np.asarray(pan.panoptic_seg)
+    return pan
 
 
 def prediction_categories(ctx: AppContext, s: Session) -> list[int]:
@@ -151,7 +162,7 @@ def remerge(ctx: AppContext, s: Session, score: float, overlap: float) -> Sessio
     if s.prediction is None:
         s.score_threshold, s.overlap_threshold = float(score), float(overlap)
         return s
-    merge_map = _merge(s, score, overlap)
+    merge_map = np.asarray(_merge(s, score, overlap).panoptic_seg)
     if s.edited:
         s.touch(f"Merged at score {score:.2f}, overlap {overlap:.2f}; your edits are kept.")
         return s
@@ -164,7 +175,7 @@ def remerge(ctx: AppContext, s: Session, score: float, overlap: float) -> Sessio
 
 def reset_to_model(ctx: AppContext, s: Session) -> Session:
     s.require_image()
-    merge_map = _merge(s, s.score_threshold, s.overlap_threshold)
+    merge_map = np.asarray(_merge(s, s.score_threshold, s.overlap_threshold).panoptic_seg)
     s.push(merged_annotation(ctx, s, merge_map), "reset to the model's merge", edited=False)
     return s
 

@@ -143,7 +143,7 @@ def test_gallery_sorted_with_fates(opened):
     assert next(it for it in gal["items"] if it["q"] == 7)["seg"] == 1  # stuff: merged into sky
     assert gal["sprite"]["data"].startswith("data:image/png")
     assert "data" not in inspector.gallery(s)["sprite"]  # sent once
-    # the uncertainty score was stored for the review queue
+    # opening stored the image's uncertainty score for the review queue
     assert ctx.workspace.image(s.image_id).uncertainty is not None
 
 
