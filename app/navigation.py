@@ -27,7 +27,7 @@ def locate(ctx: AppContext, s: Session, queue: str | None) -> None:
     queue = _queue(queue)
     order = image_order(ctx.workspace, queue)
     rec = ctx.workspace.image(s.image_id)
-    s.review = rec.review
+    s.review, s.reviewed = rec.review, rec.reviewed
     if s.image_id in order:
         s.position = f"{order.index(s.image_id) + 1} / {len(order)} in {queue}"
     else:

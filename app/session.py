@@ -51,7 +51,8 @@ class Session:
         sent: keys of the pictures the browser already holds (``app.canvas``).
         message: what the last action did, shown under the canvas ("Undid: merge 7 → 1").
         model_version_id: the model version that predicted the open image.
-        review / position: its review verdict, and where it stands in the navigation queue.
+        review / reviewed / position: its review verdict and its time, and where it stands in
+            the navigation queue.
     """
 
     image_id: int | None = None
@@ -74,6 +75,7 @@ class Session:
     message: str = ""
     model_version_id: int | None = None
     review: str | None = None
+    reviewed: str | None = None
     position: str = ""
     overlay: tuple | None = field(default=None, repr=False, compare=False)  # app.views cache
     inspector: dict[str, Any] = field(default_factory=dict, repr=False)  # app.inspector state
@@ -128,7 +130,7 @@ class Session:
             self.view = self.prediction = self.merged = self.thumbs = self.annotation = None
             self.edited = self.dirty = False
             self.stored_status = "unseen"
-            self.selected = self.review = self.overlay = None
+            self.selected = self.review = self.reviewed = self.overlay = None
             self.position = ""
             self.inspector = {}
             self.history.clear()

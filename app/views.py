@@ -80,6 +80,7 @@ def canvas_value(ctx: AppContext, s: Session, select: Any = KEEP) -> dict[str, A
         "select": select,
         "status": status_word(s),
         "review": s.review,
+        "reviewed": s.reviewed,
         "position": s.position,
         "thresholds": [s.score_threshold, s.overlap_threshold],
     }

@@ -390,6 +390,16 @@ class CanvasDriver:
     def undo(self) -> float:
         return self.act(lambda: self.page.keyboard.press("Control+z"))
 
+    def pose_for_screenshot(self, photo: Path) -> None:
+        """The README's picture: the lake photo, the ball selected, its query in the inspector."""
+        self.act(lambda: self.page.set_input_files("input[type=file]", str(photo)))
+        self.page.wait_for_selector(".mfs-insp[data-thumbs='1']")
+        x, y = self.at(0.70, 0.70)
+        self.page.mouse.click(x, y)
+        self.page.wait_for_selector("#query-info")
+        self.page.mouse.move(*self.at(0.85, 0.72))  # hover the crate: highlighted in both places
+        self.page.wait_for_timeout(800)
+
     def choose_segment(self, n: int) -> None:
         x, y = self.at(*[(0.70, 0.70), (0.88, 0.70), (0.30, 0.16)][n % 3])
         self.page.mouse.click(x, y)
@@ -410,7 +420,9 @@ def record(out: dict[str, list[float]], key: str, measure_once: Callable[[], flo
         print(f"  {key}: FAILED ({type(e).__name__}: {str(e).splitlines()[0][:120]})", flush=True)
 
 
-def browser_figures(url: str, photo: Path, repeats: int) -> tuple[str, dict[str, list[float]]]:
+def browser_figures(
+    url: str, photo: Path, repeats: int, screenshot: Path | None = None
+) -> tuple[str, dict[str, list[float]]]:
     from playwright.sync_api import sync_playwright
 
     out: dict[str, list[float]] = {k: [] for k in GOALS if not k.startswith("8 clients")}
@@ -437,6 +449,10 @@ def browser_figures(url: str, photo: Path, repeats: int) -> tuple[str, dict[str,
                 page.wait_for_timeout(500)
             for i in range(repeats):
                 record(out, "click -> segment selected", lambda i=i: d.select(i))
+            if screenshot is not None and canvas:
+                d.pose_for_screenshot(photo)
+                page.screenshot(path=str(screenshot))
+                print(f"  screenshot: {screenshot}")
             for i in range(repeats):
                 record(
                     out,
@@ -465,6 +481,17 @@ def browser_figures(url: str, photo: Path, repeats: int) -> tuple[str, dict[str,
             ctx.close()
 
 
+def _default(param: dict):
+    """A value for an endpoint parameter after the file: thresholds, the old app's checkbox, the
+    new app's queue."""
+    label, kind = param.get("label", ""), param.get("component", "")
+    if "Score" in label:
+        return 0.5
+    if "Overlap" in label:
+        return 0.8
+    return "all" if kind == "Dropdown" else False
+
+
 def client_figures(url: str, photo: Path, clients: int, moves: int) -> list[float]:
     """Per-event latency of ``clients`` gradio_client sessions moving the threshold at once.
 
@@ -477,10 +504,8 @@ def client_figures(url: str, photo: Path, clients: int, moves: int) -> list[floa
     for _ in range(clients):
         c = Client(url, analytics_enabled=False, download_files=False, verbose=False)
         api = c.view_api(return_format="dict", print_info=False)["named_endpoints"]
-        n_open = len(api["/open_upload"]["parameters"])
-        c.predict(
-            handle_file(str(photo)), *[0.5, 0.8, False][: n_open - 1], api_name="/open_upload"
-        )
+        extra = [_default(p) for p in api["/open_upload"]["parameters"][1:]]
+        c.predict(handle_file(str(photo)), *extra, api_name="/open_upload")
         sessions.append((c, len(api["/remerge"]["parameters"])))
     latencies: list[float] = []
     failures: list[str] = []
@@ -511,13 +536,17 @@ def client_figures(url: str, photo: Path, clients: int, moves: int) -> list[floa
     return latencies
 
 
-def measure(app_dir: Path, checkpoint: Path, args: argparse.Namespace) -> tuple[str, dict]:
+def measure(
+    app_dir: Path, checkpoint: Path, args: argparse.Namespace, shot: bool = False
+) -> tuple[str, dict]:
     tmp = Path(tempfile.mkdtemp(prefix="mfs-bench-"))
     photo = tmp / "lake.jpg"
     photo.write_bytes(jpeg_bytes(make_photo()))
     try:
         with app_server(app_dir, checkpoint, tmp / "server.log") as url:
-            kind, figs = browser_figures(url, photo, args.repeats)
+            kind, figs = browser_figures(
+                url, photo, args.repeats, args.screenshot if shot else None
+            )
             lat = sorted(client_figures(url, photo, args.clients, args.moves))
             figs["8 clients slider p50"] = [statistics.median(lat)]
             figs["8 clients slider p95"] = [lat[min(len(lat) - 1, int(0.95 * len(lat)))]]
@@ -541,6 +570,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--only-before", action="store_true", help="skip the current tree")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument(
+        "--screenshot", type=Path, default=None, help="save the canvas app's page here (README)"
+    )
     args = ap.parse_args()
     runs: list[tuple[str, str, dict]] = []
     print(f"load average at start: {load()}", flush=True)
@@ -550,7 +582,7 @@ def main() -> None:
         runs.append((f"before ({args.before})", kind, figs))
         print(f"measured {args.before}; load average {load()}", flush=True)
     if not args.only_before:
-        kind, figs = measure(ROOT, args.checkpoint.resolve(), args)
+        kind, figs = measure(ROOT, args.checkpoint.resolve(), args, shot=True)
         runs.append(("this tree", kind, figs))
     print(
         f"\n741x500 photo, Chromium 1440x900, demo model; seconds, median (max) of {args.repeats}"

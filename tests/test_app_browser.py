@@ -4,6 +4,7 @@ Screenshots of every step go to ``$MFS_SCREENSHOTS`` (default ``test-artifacts/s
 test prints the folder. Waits are on the canvas's ``data-revision``, not on sleeps.
 """
 
+import numpy as np
 import pytest
 
 from app.store import Workspace
@@ -168,6 +169,11 @@ def test_annotation_journey(page, shots, tmp_path):
     page.wait_for_selector("#views canvas.mfs-sem")
     shot(page, "13-views")
 
+    # what the browser draws is the server's annotation, pixel for pixel (display = full size)
+    shown = np.array(
+        state(page, "Array.from(S.idx, k => k ? S.ids[k - 1] : 0)"), dtype=np.int64
+    ).reshape(160, 240)
+
     # save (Ctrl+S saves as corrected and moves on)
     before = rev(page)
     page.keyboard.press("Control+s")
@@ -182,7 +188,9 @@ def test_annotation_journey(page, shots, tmp_path):
     )
     rec = ws.image(image_id)
     assert rec.status == "corrected" and rec.counts.get("kite") == 1
-    assert ws.load_annotation(image_id)[2] == "user"
+    stored, _, source = ws.load_annotation(image_id)
+    assert source == "user"
+    np.testing.assert_array_equal(shown, stored)
     shot(page, "14-saved")
 
 

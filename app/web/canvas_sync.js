@@ -31,13 +31,17 @@ function send(op, payload = {}, wait = true) {
     const timer = setTimeout(() => {
       if (inflight && inflight.nonce === nonce) { inflight = null; setBusy(-1); say("The server did not answer; try again."); resolve(); }
     }, ANSWER_MS);
-    inflight = { nonce, resolve, timer };
+    inflight = { nonce, resolve, timer, op, t0: performance.now() };
     trigger(op);
   }));
 }
 
-function answered(nonce) {
+const timings = [];  // the last requests: [op, ms to the answer, ms to drawn] (bench, tests)
+function answered(nonce, received) {
   if (!inflight || nonce == null || inflight.nonce !== nonce) return;
+  const now = performance.now();
+  timings.push([inflight.op, Math.round((received || now) - inflight.t0), Math.round(now - inflight.t0)]);
+  if (timings.length > 50) timings.shift();
   clearTimeout(inflight.timer);
   const done = inflight.resolve;
   inflight = null;
@@ -60,8 +64,23 @@ function clearImage() {
   emptyEl.hidden = false;
 }
 
-async function apply(v) {
+// A threshold slider moved: the merge is on its way (its answer carries no nonce).
+let sliderWait = false;
+function onSlider(e) {
+  const t = e.target;
+  if (t.type !== "range" || !t.closest("#score-threshold, #overlap-threshold")) return;
+  if (!sliderWait && S.img) {
+    sliderWait = true; setBusy(+1);
+    setTimeout(() => { if (sliderWait) { sliderWait = false; setBusy(-1); } }, ANSWER_MS);
+  }
+}
+if (window.__mfsSlider) document.removeEventListener("input", window.__mfsSlider, true);
+window.__mfsSlider = onSlider;
+document.addEventListener("input", onSlider, true);
+
+async function apply(v, received) {
   S.data = v;
+  if (v.nonce == null && sliderWait) { sliderWait = false; setBusy(-1); }
   if (v.image_id == null) {
     clearImage();
   } else {
@@ -103,18 +122,19 @@ async function apply(v) {
   renderImageStatus(v);
   bump();
   paint();
-  answered(v.nonce);
+  answered(v.nonce, received);
 }
 
 let applying = Promise.resolve();
 function receive() {
   const v = props.value;
   if (!v || typeof v !== "object" || v.op !== undefined) return;  // our own request
-  applying = applying.then(() => apply(v)).catch((err) => { console.error("annotator:", err); answered(v.nonce); });
+  const received = performance.now();
+  applying = applying.then(() => apply(v, received)).catch((err) => { console.error("annotator:", err); answered(v.nonce); });
 }
 
 watch("value", receive);
 new ResizeObserver(() => resize()).observe(stage);
 setTool("select");
-window.mfs = { send, assets, setSelected, say, state: S };
+window.mfs = { send, assets, setSelected, say, state: S, timings };
 receive();

@@ -98,7 +98,7 @@ function renderImageStatus(v) {
   const el = document.getElementById("image-status-root");
   if (!el) return;
   if (!v || v.image_id == null) { el.textContent = "No image open."; return; }
-  const review = v.review ? ` · review: ${esc(v.review)}` : "";
+  const review = v.review ? ` · review: ${esc(v.review)}${v.reviewed ? ` (${esc(v.reviewed.replace("T", " ").slice(0, 16))})` : ""}` : "";
   el.innerHTML = `<b>${esc(v.name)}</b> ${v.size[0]}×${v.size[1]} · ${esc(v.position || "")} · ` +
     `<span class="mfs-status">${esc(v.status)}</span>${review}`;
   el.title = el.textContent;
