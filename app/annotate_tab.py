@@ -20,6 +20,7 @@ from app import annotate_events as ev
 from app import autosave, inspector, navigation, views
 from app import callbacks as cb
 from app.context import AppContext
+from app.guard import guard
 from app.queue import QUEUES
 from app.session import Session
 from maskformer.errors import UserError
@@ -247,18 +248,6 @@ def _opened(ctx: AppContext, s: Session) -> tuple[dict, dict, int | None]:
     )
 
 
-def _guarded(fn, n_out: int):
-    def run(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except UserError as e:
-            gr.Warning(str(e))
-            return tuple(gr.skip() for _ in range(n_out))
-
-    run.__name__ = fn.__name__
-    return run
-
-
 def _wire_opening(ctx, tab: AnnotateTab, upload, example, example_btn) -> None:
     outs = [tab.canvas, tab.inspector, tab.browser]
     model = dict(concurrency_id="model", concurrency_limit=1, show_progress="hidden")
@@ -304,24 +293,24 @@ def _wire_opening(ctx, tab: AnnotateTab, upload, example, example_btn) -> None:
 
     ins = [tab.score, tab.overlap, tab.queue]
     upload.upload(
-        _guarded(open_upload, 3), [tab.state, upload, *ins], outs, api_name="open_upload", **model
-    ).then(_guarded(inspect, 1), [tab.state], [tab.inspector], api_visibility="private")
+        guard(3)(open_upload), [tab.state, upload, *ins], outs, api_name="open_upload", **model
+    ).then(guard(1)(inspect), [tab.state], [tab.inspector], api_visibility="private")
     example_btn.click(
-        _guarded(open_example, 3),
+        guard(3)(open_example),
         [tab.state, example, *ins],
         outs,
         api_name="open_example",
         **model,
-    ).then(_guarded(inspect, 1), [tab.state], [tab.inspector], api_visibility="private")
+    ).then(guard(1)(inspect), [tab.state], [tab.inspector], api_visibility="private")
     tab.open_id.change(
-        _guarded(open_image, 3),
+        guard(3)(open_image),
         [tab.state, tab.open_id, *ins],
         outs,
         api_name="open_image",
         **model,
-    ).then(_guarded(inspect, 1), [tab.state], [tab.inspector], api_visibility="private")
-    tab.restore = (_guarded(restore, 3), [tab.state, tab.browser, *ins], outs)
-    tab.inspect = (_guarded(inspect, 1), [tab.state], [tab.inspector])
+    ).then(guard(1)(inspect), [tab.state], [tab.inspector], api_visibility="private")
+    tab.restore = (guard(3)(restore), [tab.state, tab.browser, *ins], outs)
+    tab.inspect = (guard(1)(inspect), [tab.state], [tab.inspector])
 
 
 # ---------------------------------------------------------------------------------- navigation
@@ -368,7 +357,7 @@ def _wire_navigation(
         (uncertain_btn, most_uncertain, "next_uncertain"),
     ]:
         # "multiple": a key pressed again while an image opens is queued, not dropped
-        btn.click(_guarded(fn, 3), ins, outs, api_name=name, trigger_mode="multiple", **model).then(
+        btn.click(guard(3)(fn), ins, outs, api_name=name, trigger_mode="multiple", **model).then(
             *inspect, api_visibility="private"
         )
 
@@ -381,14 +370,14 @@ def _wire_navigation(
         return review
 
     accept_btn.click(
-        _guarded(reviewer("accepted"), 1),
+        guard(1)(reviewer("accepted")),
         [tab.state, tab.queue],
         [tab.canvas],
         api_name="review_accept",
         show_progress="hidden",
     )
     changes_btn.click(
-        _guarded(reviewer("needs-changes"), 1),
+        guard(1)(reviewer("needs-changes")),
         [tab.state, tab.queue],
         [tab.canvas],
         api_name="review_needs_changes",
@@ -402,7 +391,7 @@ def _wire_navigation(
             return views.canvas_value(ctx, s)
 
     tab.queue.change(
-        _guarded(requeue, 1),
+        guard(1)(requeue),
         [tab.state, tab.queue],
         [tab.canvas],
         api_name="set_queue",
@@ -425,7 +414,7 @@ def _wire_sliders(ctx, tab: AnnotateTab) -> None:
 
     for slider, name in ((tab.score, "remerge"), (tab.overlap, "remerge_overlap")):
         slider.change(
-            _guarded(remerge, 2),
+            guard(2)(remerge),
             [tab.state, tab.score, tab.overlap],
             [tab.canvas, tab.inspector],
             api_name=name,

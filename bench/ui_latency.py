@@ -261,8 +261,8 @@ class FormDriver:
 
     def relabel(self) -> float:
         self.n_relabel = getattr(self, "n_relabel", 0) + 1
-        self.page.fill("#class-select input", f"kite{self.n_relabel}")
-        self.page.press("#class-select input", "Enter")
+        self.page.click("#class-select input")
+        self.page.get_by_role("option").nth(self.n_relabel % 5 + 1).click()
         return self._button("relabel-btn")
 
     def delete(self) -> float:
