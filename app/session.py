@@ -138,6 +138,13 @@ class Session:
             self.message = ""
             self.revision += 1
 
+    def release(self) -> None:
+        """Drop everything held for the open image (the page is gone: gradio keeps a closed
+        session's state for an hour, and a reload starts a new one)."""
+        with self.lock:
+            self.start(None, "", (0, 0))  # type: ignore[arg-type]
+            self.image_id = None
+
     def _changed(self, message: str) -> None:
         if self.annotation is not None and self.selected not in self.annotation.ids:
             self.selected = None

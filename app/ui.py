@@ -27,12 +27,12 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                 build_train_tab(ctx)
 
         # An image opened on the Workspace tab opens here.
-        ws.open_id.change(
-            lambda i: (i, gr.Tabs(selected="annotate")),
-            ws.open_id,
-            [ann.open_id, tabs],
-            api_visibility="private",
-        )
+        def to_annotate(image_id):
+            if image_id is None:  # the Workspace tab clears it before setting it again
+                return gr.skip(), gr.skip()
+            return image_id, gr.Tabs(selected="annotate")
+
+        ws.open_id.change(to_annotate, ws.open_id, [ann.open_id, tabs], api_visibility="private")
 
         def leave(s):
             """Leaving the Annotate tab stores its edits; the Workspace tab shows them."""

@@ -129,3 +129,12 @@ def test_model_swaps_whole(tmp_path):
     assert not bad and ctx.model_version_id == 399 and ctx.default_score == 39.9
     ctx.model_version_id = 7  # registering the running model: a swap too
     assert ctx.model.version_id == 7 and ctx.model.meta.num_classes == 399
+
+
+def test_release_drops_the_image():
+    s = Session(image_id=1, image_hw=(4, 4), annotation=_big_annotation(200, 200, 3))
+    s.view = np.zeros((4, 4, 3), np.uint8)
+    s.release()
+    assert s.image_id is None and s.annotation is None and s.view is None and s.nbytes == 0
+    with pytest.raises(EditError, match="open an image first"):
+        s.require_image()
