@@ -97,6 +97,7 @@ def build_annotate_tab(ctx: AppContext) -> AnnotateTab:
         )
         example = gr.Dropdown(
             [p.name for p in ctx.examples],
+            label="Example",
             value=ctx.examples[0].name if ctx.examples else None,
             show_label=False,
             container=False,
@@ -106,6 +107,7 @@ def build_annotate_tab(ctx: AppContext) -> AnnotateTab:
         example_btn = gr.Button("Open example", elem_id="open-example", size="sm", min_width=100)
         queue = gr.Dropdown(
             list(QUEUES),
+            label="Queue",
             value="all",
             show_label=False,
             container=False,
@@ -127,6 +129,7 @@ def build_annotate_tab(ctx: AppContext) -> AnnotateTab:
         with gr.Column(scale=5, min_width=640):
             canvas = gr.HTML(
                 views.canvas_value(ctx, Session()),
+                label="canvas",  # the API's name for the request / answer dict
                 html_template=_read("annotator.html"),
                 js_on_load=_canvas_js(),
                 elem_id="annotator",
@@ -151,6 +154,7 @@ def build_annotate_tab(ctx: AppContext) -> AnnotateTab:
             gr.HTML('<div id="segment-panel-root"></div>', elem_id="segment-panel")
             insp = gr.HTML(
                 {"rev": 0, "image_id": None},
+                label="inspector",
                 html_template=_read("inspector.html"),
                 js_on_load=_read("inspector.js"),
                 elem_id="inspector",
