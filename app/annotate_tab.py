@@ -9,6 +9,7 @@ components it changed.
 from __future__ import annotations
 
 import logging
+import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,9 +185,11 @@ def _canvas_handler(ctx: AppContext, op: str):
     fn = ev.CANVAS_OPS[op]
 
     def handle(s: Session, req: Any, request: gr.Request = None) -> dict:
+        t0 = time.perf_counter()
         req = dict(req) if isinstance(req, dict) else {}
         _remember(s, request)
         with s.lock:
+            t1 = time.perf_counter()
             try:
                 select = fn(ctx, s, req)
             except UserError as e:
@@ -195,6 +198,10 @@ def _canvas_handler(ctx: AppContext, op: str):
             value = _canvas_answer(ctx, s, req, select)
         if op in ev.EDIT_OPS and s.dirty:
             autosave.schedule(ctx, s)
+        t2 = time.perf_counter()
+        log.debug(
+            "%s: waited %.0f ms for the session, ran %.0f ms", op, 1e3 * (t1 - t0), 1e3 * (t2 - t1)
+        )
         return value
 
     handle.__name__ = op

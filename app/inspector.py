@@ -85,7 +85,7 @@ def gallery(s: Session) -> dict[str, Any]:
     key = f"th{s.image_id}"
     sprite = {"key": key, "cols": cols, "tw": tw, "th": th}
     if key not in s.sent:
-        sprite["data"] = _once(s, key, canvas.data_url(sheet))
+        sprite["data"] = _once(s, key, lambda: canvas.data_url(sheet))
     return {"items": items, "sprite": sprite}
 
 
@@ -195,7 +195,9 @@ def query_detail(ctx: AppContext, s: Session, q: int) -> dict[str, Any]:
     if key not in s.sent:
         dh, dw = s.view.shape[:2]
         probs = canvas.downsample_ids(pred.query_probs(q).numpy(), dh, dw)  # (dh, dw)
-        heat["data"] = _once(s, key, canvas.data_url((probs * 255).round().astype(np.uint8)))
+        heat["data"] = _once(
+            s, key, lambda: canvas.data_url((probs * 255).round().astype(np.uint8))
+        )
     return {
         "q": q,
         "top5": [[class_name(meta, int(i)), round(float(p), 4)] for p, i in zip(*top)],

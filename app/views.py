@@ -7,6 +7,7 @@ event: small JSON plus the pictures it does not hold yet (``app.canvas``).
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +35,15 @@ def _overlay(s: Session) -> dict[str, Any]:
         key = f"ov{s.image_id}.{s.revision}"
         s.overlay = cached = (ann.id_map, ids, key, url, mode)
     _, ids, key, url, mode = cached
-    return {"key": key, "data": _once(s, key, url), "mode": mode, "ids": list(ids)}
+    return {"key": key, "data": _once(s, key, lambda: url), "mode": mode, "ids": list(ids)}
 
 
-def _once(s: Session, key: str, data: str) -> str | None:
-    """``data`` the first time the browser is sent ``key``, then None (it keeps it)."""
+def _once(s: Session, key: str, make: Callable[[], str]) -> str | None:
+    """``make()`` the first time the browser is sent ``key``, then None (it keeps it)."""
     if key in s.sent:
         return None
     s.sent.add(key)
-    return data
+    return make()
 
 
 def image_key(s: Session) -> str:
@@ -73,7 +74,7 @@ def canvas_value(ctx: AppContext, s: Session, select: Any = KEEP) -> dict[str, A
         "name": s.image_name,
         "size": [s.image_hw[1], s.image_hw[0]],
         "view": [dw, dh],
-        "image": {"key": key, "data": _once(s, key, canvas.data_url(s.view, "JPEG"))},
+        "image": {"key": key, "data": _once(s, key, lambda: canvas.data_url(s.view, "JPEG"))},
         "overlay": _overlay(s),
         "segments": canvas.segment_rows(s.annotation.segments, {c.id: c for c in cats}),
         "classes": canvas.class_rows(cats),
