@@ -21,7 +21,7 @@ from app.views import _once, categories
 
 NO_OBJECT = "no-object"
 SPRITE_COLUMNS = 10
-EXACT_BUDGET = 40_000_000  # query-pixels evaluated exactly for "why dropped"; beyond, a grid
+EXACT_BUDGET = 8_000_000  # query-pixels evaluated exactly for "why dropped"; beyond, a grid
 
 
 def class_name(meta: Any, label: int) -> str:
