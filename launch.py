@@ -222,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         app_kwargs={"middleware": [Middleware(LoginThrottle)]} if auth else None,
         css=CSS,
         head=HEAD,
+        # gradio 6 records every event's inputs and outputs in the browser's localStorage
+        # (rewritten on each event: 50+ ms per canvas edit, growing); nothing of it is needed
+        run_history=False,
         quiet=True,
     )
     return 0

@@ -227,9 +227,9 @@ def build_workspace_tab(ctx: AppContext) -> WorkspaceTab:
         return (wv.details(rec), *view(queue_v, page_v))
 
     for button, verdict, name in [
-        (accept_btn, "accepted", "review_accept"),
-        (changes_btn, "needs-changes", "review_needs_changes"),
-        (clear_btn, None, "review_clear"),
+        (accept_btn, "accepted", "ws_review_accept"),
+        (changes_btn, "needs-changes", "ws_review_needs_changes"),
+        (clear_btn, None, "ws_review_clear"),
     ]:
         button.click(
             lambda i, q, p, v=verdict: set_review(i, v, q, p),
@@ -250,12 +250,13 @@ def build_workspace_tab(ctx: AppContext) -> WorkspaceTab:
 
     @guard(1)
     def predict_all():
-        version_id = ctx.model_version_id
-        version = ws.model_version(version_id) if version_id else ws.active_model_version()
+        model = ctx.model  # one read: a model switch meanwhile cannot mix two models' values
+        vid = model.version_id
+        version = ws.model_version(vid) if vid else ws.active_model_version()
         if version is None:
             raise UserError("the app's model is not registered in the workspace; restart it")
-        device = str(getattr(ctx.predictor, "device", "cpu"))
-        job.start(version.path, version.id, ctx.default_score, ctx.default_overlap, device)
+        device = str(getattr(model.predictor, "device", "cpu"))
+        job.start(version.path, version.id, model.default_score, model.default_overlap, device)
         return _progress_md(job.progress())
 
     @guard(1)

@@ -230,8 +230,8 @@ def screenshot_folder() -> Path:
 
 
 @contextlib.contextmanager
-def browser_page(url: str, height: int):
-    """A Chromium page (fresh profile, 1400 x ``height``, downloads allowed) opened at ``url``."""
+def browser_page(url: str, height: int, width: int = 1400):
+    """A Chromium page (fresh profile, ``width`` x ``height``, downloads allowed) at ``url``."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -240,7 +240,7 @@ def browser_page(url: str, height: int):
             executable_path=str(CHROMIUM),
             headless=True,
             args=BROWSER_FLAGS,
-            viewport={"width": 1400, "height": height},
+            viewport={"width": width, "height": height},
             accept_downloads=True,
         )
         try:

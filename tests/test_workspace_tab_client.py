@@ -58,9 +58,9 @@ def test_named_endpoints(server):
         "/predict_all",
         "/cancel_predict_all",
         "/predict_all_progress",
-        "/review_accept",
-        "/review_needs_changes",
-        "/review_clear",
+        "/ws_review_accept",
+        "/ws_review_needs_changes",
+        "/ws_review_clear",
     } <= set(api)
 
 
@@ -105,17 +105,17 @@ def test_workspace_flow(server, tmp_path):
 
     # review: accepted with its time, then cleared
     target = min(mine)
-    out, warn = call(c, "/review_accept", target, "accepted", 1)
+    out, warn = call(c, "/ws_review_accept", target, "accepted", 1)
     assert not warn and "**accepted**" in out[0]
     rec = ws.image(target)
     assert rec.review == "accepted" and rec.reviewed
-    out, _ = call(c, "/review_needs_changes", target, "needs-changes", 1)
+    out, _ = call(c, "/ws_review_needs_changes", target, "needs-changes", 1)
     assert ws.image(target).review == "needs-changes"
     table = dict(zip(["details", *VIEW], out))["table"]["data"]
     assert [r[0] for r in table] == [target] and table[0][4] == "needs-changes"
-    call(c, "/review_clear", target, "all", 1)
+    call(c, "/ws_review_clear", target, "all", 1)
     assert ws.image(target).review is None
-    _, warn = call(c, "/review_accept", None, "all", 1)
+    _, warn = call(c, "/ws_review_accept", None, "all", 1)
     assert warn == ["click an image first (or enter its id)"]
 
     # export with the include options; the message says what was left out
