@@ -16,7 +16,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 # name -> (module under app.commands, one-line help). Modules are imported only when run.
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "import": ("import_", "add images or a labelled COCO dataset to a workspace"),
+    "export": ("export", "write a workspace's annotations as COCO panoptic or instances"),
+    "predict-all": ("predict_all", "predict every unseen image of a workspace (a job)"),
+    "status": ("status", "image counts by status and review; the most uncertain images"),
+}
 
 
 def _available() -> dict[str, tuple[str, str]]:
@@ -43,6 +48,16 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (OSError, RecursionError, MemoryError) as e:
+        if os.environ.get("MASKFORMER_DEBUG"):
+            raise
+        from maskformer.__main__ import environment_error
+
+        print(f"error: {environment_error(e)}", file=sys.stderr)
         return 2
 
 

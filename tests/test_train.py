@@ -22,8 +22,8 @@ from maskformer.config import (
     load_config_file,
 )
 from maskformer.data import open_dataset
+from maskformer.data.base import Sample
 from maskformer.data.coco import write_dataset
-from maskformer.data.datasets import Sample
 from maskformer.data.synthetic import write_synthetic_dataset
 from maskformer.errors import UserError
 from maskformer.losses import SetCriterion, build_criterion, default_loss_weights
