@@ -34,8 +34,6 @@ def _available() -> dict[str, tuple[str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from maskformer.errors import UserError
-
     commands = _available()
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -44,21 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         importlib.import_module(f"app.commands.{module}").add_arguments(p)
     args = parser.parse_args(argv)
     module = importlib.import_module(f"app.commands.{commands[args.command][0]}")
-    try:
-        return int(module.run(args) or 0)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (OSError, RecursionError, MemoryError) as e:
-        if os.environ.get("MASKFORMER_DEBUG"):
-            raise
-        from maskformer.__main__ import environment_error
+    from maskformer.__main__ import run_command
 
-        print(f"error: {environment_error(e)}", file=sys.stderr)
-        return 2
+    return run_command(module.run, args)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import errno
 import importlib
 import os
 import sys
+from collections.abc import Callable
 
 COMMANDS = {
     "predict": "predict",
@@ -25,7 +26,6 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    from maskformer.errors import UserError
 
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(
@@ -45,8 +45,18 @@ def main(argv: list[str] | None = None) -> int:
         else:
             sub.add_parser(name, help=f"see `python -m maskformer {name} --help`")
     args = parser.parse_args(argv)
+    return run_command(args._run, args)
+
+
+def run_command(run: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+    """``run(args)`` with the errors a user or the machine causes printed as one line (exit 2).
+
+    Shared by ``python -m maskformer`` and ``python -m app``.
+    """
+    from maskformer.errors import UserError
+
     try:
-        return int(args._run(args) or 0)
+        return int(run(args) or 0)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
