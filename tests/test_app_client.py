@@ -121,13 +121,13 @@ def test_inspect_correct_save_export(server, tmp_path):
     assert [r[0] for r in out["segments"]["data"]] == [g["id"] for g in ref.segments]
 
     (_heat, top5, info, q), _ = call(c, "/query_detail", 3)
-    assert q == 3 and f"mask area {int(pred.mask_areas[3])} px" in info
+    assert q == 3 and f"mask area {pred.query_area(3)} px" in info
     assert top5["confidences"][0]["confidence"] == pytest.approx(
         float(pred.class_probs[3].max()), abs=1e-4
     )
 
     (_text, table, x, y), _ = call(c, "/probe", 10, 20)
-    claim = (pred.mask_probs[:, 20, 10] >= 0.5).nonzero()[:, 0].tolist()
+    claim = (pred.pixel_probs(10, 20) >= 0.5).nonzero()[:, 0].tolist()
     assert sorted(r[0] for r in table["data"]) == sorted(claim) and (x, y) == (10, 20)
 
     out, _ = call(c, "/remerge", 0.0, 0.0, False, names=EDIT_OUT)
