@@ -5,10 +5,10 @@ import os
 import sys
 from pathlib import Path
 
-# Before gradio is imported anywhere: no telemetry, nothing leaves this machine.
+# Before gradio is imported anywhere: no telemetry. The one network use is a hub id the user names
+# (--checkpoint or the Train tab), and HF_HUB_OFFLINE=1 turns that off too.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "demo.safetensors"
@@ -18,10 +18,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="MaskFormer Studio: inspect and correct segmentations.")
     p.add_argument(
         "--checkpoint",
-        type=Path,
         default=None,
-        help="native .safetensors checkpoint (default: the workspace's active model "
-        f"version, e.g. the last fine-tune, else {DEFAULT_CHECKPOINT})",
+        metavar="CKPT",
+        help="a native .safetensors checkpoint, a Hugging Face model folder or hub id "
+        "(owner/name; downloaded unless HF_HUB_OFFLINE=1), or an official .pkl/.pth, converted "
+        "once into WORKSPACE/models/converted (default: the workspace's active model version, "
+        f"e.g. the last fine-tune, else {DEFAULT_CHECKPOINT})",
     )
     p.add_argument(
         "--workspace",
@@ -44,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def startup_checkpoint(checkpoint: Path | None, workspace) -> tuple[Path, str]:
+def startup_checkpoint(checkpoint: str | Path | None, workspace) -> tuple[str | Path, str]:
     """The model to serve and why: the one asked for, else the workspace's active model version
     (the version the app was switched to, e.g. by a fine-tune, before it was stopped), else the
     shipped demo."""
@@ -54,6 +56,11 @@ def startup_checkpoint(checkpoint: Path | None, workspace) -> tuple[Path, str]:
     if active is not None and Path(active.path).is_file():
         return Path(active.path), f"the workspace's active model version v{active.id}"
     return DEFAULT_CHECKPOINT, "the shipped demo model"
+
+
+def _say(fraction: float, message: str) -> None:
+    """Conversion progress on stderr (a hub download shows its own bars)."""
+    print(f"[{round(100 * fraction):3d} %] {message}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         auth = (user, password)
 
+    from maskformer.converters.hub import parse_hub_id
     from maskformer.errors import UserError
 
     try:
@@ -73,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
         workspace = Workspace(args.workspace)
         explicit = args.checkpoint is not None
-        args.checkpoint, why = startup_checkpoint(args.checkpoint, workspace)
-        if not args.checkpoint.is_file():
+        spec, why = startup_checkpoint(args.checkpoint, workspace)
+        if not Path(spec).exists() and parse_hub_id(str(spec)) is None:
             hint = (
                 "make one with `python -m maskformer synth --out runs/synth && python -m "
                 "maskformer train --preset maskformer_demo --train runs/synth --out runs/demo` "
@@ -82,18 +90,22 @@ def main(argv: list[str] | None = None) -> int:
                 if not explicit
                 else "pass an existing --checkpoint PATH"
             )
-            print(f"error: checkpoint {args.checkpoint} not found; {hint}", file=sys.stderr)
+            print(f"error: checkpoint {spec} not found; {hint}", file=sys.stderr)
             return 2
 
         from app.callbacks import make_context
+        from app.model_sources import register_version, resolve_for_workspace
         from maskformer.inference import Predictor
 
         if args.threads:
             import torch
 
             torch.set_num_threads(args.threads)
-        predictor = Predictor(args.checkpoint, device=args.device)
-        ctx = make_context(predictor, workspace, checkpoint=args.checkpoint)
+        resolved = resolve_for_workspace(workspace, spec, _say)
+        predictor = Predictor.from_checkpoint(resolved.path, device=args.device)
+        register_version(workspace, resolved)  # its row names the source (hub id, .pkl, ...)
+        args.checkpoint = resolved.path
+        ctx = make_context(predictor, workspace, checkpoint=resolved.path)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -103,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = build_ui(ctx)
     print(
         f"MaskFormer Studio: http://{args.host}:{args.port}/  (workspace {args.workspace}; "
-        f"model {args.checkpoint}: {why})",
+        f"model {resolved.describe()}: {why})",
         flush=True,
     )
     demo.queue(default_concurrency_limit=4, max_size=64).launch(

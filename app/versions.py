@@ -16,7 +16,7 @@ def version_label(v: ModelVersion) -> str:
 
 VERSION_HEADERS = [
     "version",
-    "file",
+    "source",
     "parent",
     "created",
     "active",
@@ -44,7 +44,7 @@ def version_rows(ws: Workspace) -> list[list[Any]]:
         rows.append(
             [
                 f"v{v.id}",
-                Path(v.path).name,
+                v.metrics.get("source") or Path(v.path).name,  # a converted model: where from
                 "" if v.parent is None else f"v{v.parent}",
                 v.created,
                 "yes" if v.active else "",
@@ -97,7 +97,9 @@ class ModelSwitcher:
             raise WorkspaceError(
                 f"the checkpoint of version v{version.id} is missing: {version.path}"
             )
-        predictor = Predictor(version.path, device=self.device or _device_of(self.ctx.predictor))
+        predictor = Predictor.from_checkpoint(
+            version.path, device=self.device or _device_of(self.ctx.predictor)
+        )
         class_categories = ws.ensure_meta(predictor.meta)
         with self.lock:
             test = predictor.cfg.test

@@ -18,6 +18,7 @@ COMMANDS = {
     "synth": "synth",
     "import": "import_",
     "export": "export",
+    "export-onnx": "export_onnx",
 }
 
 

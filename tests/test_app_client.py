@@ -109,7 +109,9 @@ def test_inspect_correct_save_export(server, tmp_path):
     assert not warn and "upload.png, 96x80" in out["status"]
     assert len(out["gallery"]) == 20 and out["gallery"][0]["caption"].startswith("q")
     # the segments the server shows are the engine's merge of the same image, computed here
-    pred = Predictor(server.root / "tiny.safetensors", device="cpu").predict(str(img))
+    pred = Predictor.from_checkpoint(server.root / "tiny.safetensors", device="cpu").predict(
+        str(img)
+    )
     ref = pred.panoptic(0.0, 0.0)
     rows = out["segments"]["data"]
     assert [r[0] for r in rows] == [g["id"] for g in ref.segments]

@@ -316,7 +316,9 @@ def test_views_render(opened):
 def test_real_tiny_model_end_to_end(tmp_path):
     """The same calls on a real (random) checkpoint through the engine's Predictor."""
     ckpt = tiny_checkpoint(tmp_path / "tiny.safetensors")
-    ctx = cb.make_context(Predictor(ckpt, device="cpu"), Workspace(tmp_path / "ws"), ckpt)
+    ctx = cb.make_context(
+        Predictor.from_checkpoint(ckpt, device="cpu"), Workspace(tmp_path / "ws"), ckpt
+    )
     s = cb.open_example(ctx, Session(), "shapes_3.png", 0.0, 0.0)
     assert s.prediction.num_queries == 20
     assert s.prediction.query_probs(0).shape == (192, 192)

@@ -1,4 +1,4 @@
-"""The engine's packages import each other only along the DAG in HOUSE_STYLE.md, and never gradio."""
+"""The engine's packages import each other only along the DAG in CONTRIBUTING.md, and never gradio."""
 
 import ast
 from pathlib import Path
@@ -16,6 +16,11 @@ FORBIDDEN = {
     "inference": {"losses", "training"},
     "data": {"model", "losses", "training"},
     "evaluation": {"training"},
+    "checkpoint": {"losses", "data", "training", "inference", "evaluation", "deploy"},
+    "partial_load": {"losses", "data", "training", "inference", "evaluation", "deploy"},
+    "sources": {"model", "losses", "data", "training", "inference", "evaluation", "deploy"},
+    "converters": {"losses", "data", "training", "inference", "evaluation", "deploy"},
+    "deploy": {"losses", "data", "training", "evaluation"},
 }
 
 

@@ -400,13 +400,20 @@ def test_init_extends_classifier(tiny_cfg, equal_data, synth_data, tmp_path, cap
         ]
     )
     assert rc == 0
-    new = load_model(capsys.readouterr().out.strip().splitlines()[-1])
+    out = capsys.readouterr()
+    loaded = load_model(out.out.strip().splitlines()[-1])
+    new = loaded.model
     w_old, w_new = old.predictor.class_embed.weight, new.predictor.class_embed.weight
-    assert w_new.shape[0] == 9 and new.meta.num_classes == 8
+    assert w_new.shape[0] == 9 and loaded.meta.num_classes == 8
     torch.testing.assert_close(w_new[:3], w_old[:3])
     torch.testing.assert_close(w_new[-1], w_old[-1])  # no-object row moved to the new last index
     torch.testing.assert_close(
         new.pixel_decoder.mask_features.weight, old.pixel_decoder.mask_features.weight
+    )
+    # Said even with --no-progress: which tensors were re-initialised, with their shapes.
+    assert "warning: initialised from" in out.err
+    assert "2 re-initialised (shapes differ: predictor.class_embed.weight [4, 64] -> [9, 64]" in (
+        out.err
     )
 
 
@@ -451,7 +458,7 @@ def test_one_batch_overfit(tiny_cfg, tmp_path):
         TrainOptions(train=str(data), out=str(tmp_path / "run"), progress=False, augment=False),
     )
     first_loss = _metrics(tmp_path / "run")[0]["loss"]  # the untrained model's loss
-    model = load_model(final).train()
+    model = load_model(final).model.train()
     trained = replace(cfg, model=replace(cfg.model, num_classes=8))
     images, targets = _fixed_batch(trained, data, 2)
     with torch.no_grad():
@@ -463,7 +470,10 @@ def test_one_batch_overfit(tiny_cfg, tmp_path):
     from maskformer.inference import Predictor
 
     scores = evaluate_model(
-        Predictor(final, device="cpu"), open_dataset(data), ["panoptic"], progress=False
+        Predictor.from_checkpoint(final, device="cpu"),
+        open_dataset(data),
+        ["panoptic"],
+        progress=False,
     )
     assert scores["RQ"] == 100.0 and scores["PQ"] >= 99.0, scores
     shutil.rmtree(tmp_path / "run")

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from maskformer.errors import ImageReadError, UserError
+from maskformer.sources import CHECKPOINT_HELP
 
 HELP = (
     "run a checkpoint on images (files, folders or globs) and write COCO-format results "
@@ -35,7 +36,16 @@ IMAGE_SUFFIXES = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--checkpoint", required=True, metavar="CKPT", help="a native .safetensors checkpoint"
+        "--checkpoint",
+        required=True,
+        metavar="CKPT",
+        help=CHECKPOINT_HELP + "; or an exported .onnx model (run by onnxruntime)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "onnxruntime"),  # inference.backends.BACKENDS, without importing torch
+        help="what runs the network: torch (default), or onnxruntime (the model exported to ONNX "
+        "in memory, or an .onnx file; needs requirements-onnx.txt)",
     )
     parser.add_argument(
         "images",
@@ -243,8 +253,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out} exists and is not a folder")
     from maskformer.inference import Predictor
 
-    predictor = Predictor(
-        args.checkpoint, device=args.device, dtype=args.dtype, channels_last=args.channels_last
+    predictor = Predictor.from_checkpoint(
+        args.checkpoint,
+        device=args.device,
+        dtype=args.dtype,
+        channels_last=args.channels_last,
+        backend=args.backend,
     )
     task = args.task or ("panoptic" if predictor.cfg.test.panoptic_on else "semantic")
     writer = _Writer(args, predictor, task)

@@ -11,7 +11,12 @@ from typing import Any
 
 import torch
 
-from maskformer.checkpoint import load_checkpoint, load_state_dict_partial, save_checkpoint
+from maskformer.checkpoint import (
+    LoadReport,
+    load_checkpoint,
+    load_state_dict_partial,
+    save_checkpoint,
+)
 from maskformer.config import Config, DatasetMeta
 from maskformer.data import open_dataset
 from maskformer.errors import UserError
@@ -129,7 +134,7 @@ class _Run:
             self._check_all_loaded(model, weights, tag)
         elif self.opts.init:
             report = load_state_dict_partial(model, load_checkpoint(self.opts.init).state_dict)
-            self._log(f"initialised from {self.opts.init}: {report.summary()}")
+            self._report_init(report)
         model.train()
         optimizer = build_optimizer(model, solver)
         if self.info.distributed:
@@ -159,6 +164,20 @@ class _Run:
             )
         torch.manual_seed(solver.seed + 1 + self.info.rank + 1000 * state.iteration)
         return trainer, state, rng
+
+    def _report_init(self, report: LoadReport) -> None:
+        """Say what --init did; a tensor re-initialised is always said, progress bar or not."""
+        if report.loaded == 0:
+            raise UserError(
+                f"--init {self.opts.init} shares no tensor with this model ({report.summary()}); "
+                "is it a checkpoint of another architecture?"
+            )
+        message = f"initialised from {self.opts.init}: {report.summary()}"
+        if report.complete:
+            self._log(message)
+        elif self.info.is_main:
+            logger.warning(message)
+            print(f"warning: {message}", file=sys.stderr)
 
     @staticmethod
     def _check_all_loaded(model: torch.nn.Module, weights: dict, tag: str) -> None:
