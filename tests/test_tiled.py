@@ -136,10 +136,9 @@ def test_random_outputs(out):
 
 def test_blocks_and_chunks_forced_small(monkeypatch):
     """Uneven bands, column splits by query set and many small chunks give the same results."""
-    monkeypatch.setattr(up, "BAND_ROWS", 13)
-    monkeypatch.setattr(up, "SPLIT_VALUES", 1)
+    monkeypatch.setattr(up, "BAND_PIXELS", 13 * 423)
+    monkeypatch.setattr(up, "BLOCK_COST", 0)  # split columns wherever that saves a value
     monkeypatch.setattr(up, "CHUNK_VALUES", 999)
-    monkeypatch.setattr(up.TileGrid.blocks, "__defaults__", (None, 13))
     monkeypatch.setattr(up.Block.chunks, "__defaults__", (999,))
     cl, low = trained_like(30, 12, 40, 56, seed=5)
     assert_same_as_dense(_prediction(cl, low, (160, 224), (157, 211), (317, 423), 12))
@@ -231,7 +230,7 @@ def test_random_tiny_model_on_synthetic_images(tiny_cfg):
 
     cfg = apply_overrides(tiny_cfg, {"input.min_size_test": 96, "input.max_size_test": 160})
     meta = generic_meta(cfg.model.num_classes, thing_ids=(0, 1, 2))
-    predictor = Predictor((build_model(cfg.model).eval(), cfg, meta), device="cpu")
+    predictor = Predictor(build_model(cfg.model).eval(), cfg=cfg, meta=meta, device="cpu")
     for i, (h, w) in enumerate([(128, 128), (301, 457)]):
         pred = predictor.predict(_synthetic_image(h, w, i))
         assert pred.padded_hw is not None and pred.masks.size == (h, w)

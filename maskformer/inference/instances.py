@@ -30,7 +30,7 @@ def mask_stats(masks: LazyMasks, queries: Tensor) -> tuple[Tensor, Tensor]:
     prob_sum = torch.zeros(len(queries), dtype=torch.float64)
     maybe = grid.hi.index_select(0, queries) > 0  # (n, TR, TC)
     for j, q in enumerate(queries.tolist()):
-        for blk in grid.blocks(maybe[j], rows=grid.row_edges[-1]):  # a few blocks, in chunks
+        for blk in grid.blocks(maybe[j], pixels=masks.size[0] * masks.size[1]):  # few, chunked
             for r0, r1 in blk.chunks(1):
                 logits = masks.values(torch.tensor([q]), (r0, r1), blk.cols)
                 fg = logits > 0
@@ -83,7 +83,7 @@ class InstanceMasks:
         grid = self._masks.grid
         inside, maybe = grid.lo[q] > 0, grid.hi[q] > 0  # (TR, TC)
         out = grid.expand(inside)  # (H, W)
-        for blk in grid.blocks(maybe & ~inside):
+        for blk in grid.blocks(maybe & ~inside, pixels=out.numel()):  # few blocks: one query
             for r0, r1 in blk.chunks(1):
                 logits = self._masks.values(torch.tensor([q]), (r0, r1), blk.cols)[0]
                 out[r0:r1].index_copy_(1, blk.cols, logits > 0)

@@ -26,6 +26,9 @@ from maskformer.inference.upsample import Block, LazyMasks, TileGrid
 
 # |logit| below this is too close to 0 for a bound to say which side of sigmoid = 0.5 it is on.
 AREA_LOGIT_MARGIN = 1e-4
+# Outside +-this, a logit's sign says whether its sigmoid is >= 0.5 (sigmoid(1e-6) = 0.50000025,
+# four float32 ulps away from 0.5); inside, the sigmoid itself is taken.
+SIGMOID_HALF = 1e-6
 # Semantic scores are float32 sums over Q queries: rounding stays far inside this relative margin.
 SCORE_MARGIN = 1e-4
 # Semantic: a query whose largest possible contribution to a score reaches this fraction of the
@@ -54,8 +57,13 @@ def query_areas(masks: LazyMasks, queries: Tensor) -> Tensor:
         rows = blk.queries  # counted exactly, each in its own unsure tiles
         mine = blk.select(unsure[rows])  # (nr, block tiles)
         for r0, r1 in blk.chunks(len(rows)):
-            probs = masks.probs(queries[rows], (r0, r1), blk.cols).reshape(len(rows), -1)
-            areas[rows] += ((probs >= 0.5) & mine[:, blk.local_index(r0, r1)]).sum(1)
+            logits = masks.values(queries[rows], (r0, r1), blk.cols).reshape(len(rows), -1)
+            counted = mine[:, blk.local_index(r0, r1)] & (logits >= -SIGMOID_HALF)  # (nr, y * x)
+            areas[rows] += counted.sum(1)
+            near = (counted & (logits <= SIGMOID_HALF)).nonzero()  # sigmoid decides these
+            if near.numel():
+                below = logits[near[:, 0], near[:, 1]].sigmoid() < 0.5
+                areas[rows] -= torch.bincount(near[below, 0], minlength=len(rows))
     return areas
 
 

@@ -37,14 +37,14 @@ SMALL_OUTPUT = 128
 # float32 ulps, 6e-8 relative) away from the source values, so 1e-5 is far outside rounding.
 BOUND_MARGIN = 1e-5
 TILE_PIXELS = 16  # target tile side in output pixels (at least one source cell)
-BAND_ROWS = 64  # output rows computed together (fewer, larger tensor operations)
+BAND_PIXELS = 1 << 15  # tile rows are computed together up to this many pixels (64 rows of 512)
 CHUNK_VALUES = 1 << 22  # values per computed block: temporaries stay at tens of MB
 GROUP_ROWS = 6  # output rows per source-row pair from which broadcasting beats gathering
 POINT_COST = 40  # a value computed alone costs about this many values computed in a block
 GRID_VALUES = (
     1 << 22
 )  # a stage-1 map up to this many values bounds the tiles (finer than the source)
-SPLIT_VALUES = 1 << 20  # a run of tiles computing more values than this is split by query set
+BLOCK_COST = 1 << 16  # a block's fixed cost (tens of tensor operations) in values computed
 
 
 @dataclass(frozen=True)
@@ -340,18 +340,20 @@ class TileGrid:
         return self.lo.sigmoid() * (1 - BOUND_MARGIN), self.hi.sigmoid() * (1 + BOUND_MARGIN)
 
     def blocks(
-        self, open_tiles: Tensor, sets: Tensor | None = None, rows: int = BAND_ROWS
+        self, open_tiles: Tensor, sets: Tensor | None = None, pixels: int | None = None
     ) -> Iterator[Block]:
-        """The open tiles as blocks to compute: runs of consecutive tile rows, about ``rows`` output
-        rows each, and in each run the open tile columns, split where the query sets differ.
+        """The open tiles as blocks to compute: runs of consecutive tile rows holding about
+        ``pixels`` pixels (default BAND_PIXELS; at least one tile row), and in each run the open
+        tile columns, split where that computes fewer values.
 
         Args:
             open_tiles: (TR, TC) bool, the tiles to compute.
-            sets: optional (Q, TR, TC) bool, the queries each open tile needs. A run's columns
-                are split so that each block's union of sets stays near its largest member's
-                size (a block computes its union on all its pixels); ``Block.queries`` is that
-                union.
+            sets: optional (Q, TR, TC) bool, the queries each open tile needs. A block computes
+                the union of its tiles' sets (``Block.queries``) on all its pixels; a run's
+                columns are split where the values saved outweigh a block's fixed cost.
         """
+        pixels = BAND_PIXELS if pixels is None else pixels
+        width = int(self.col_edges[-1])
         busy = open_tiles.any(1).tolist()
         i = 0
         while i < len(busy):
@@ -359,40 +361,43 @@ class TileGrid:
                 i += 1
                 continue
             j = i + 1
-            while j < len(busy) and busy[j] and self.row_edges[j] - self.row_edges[i] < rows:
+            while (
+                j < len(busy)
+                and busy[j]
+                and (self.row_edges[j] - self.row_edges[i]) * width < pixels
+            ):
                 j += 1
             tcols = open_tiles[i:j].any(0).nonzero()[:, 0]
             if sets is None:
                 yield Block(self, i, j, tcols, None)
-                i = j
-                continue
-            col_sets = (sets[:, i:j] & open_tiles[i:j]).any(1)[:, tcols]  # (Q, n)
-            members = col_sets.any(1).nonzero()[:, 0]
-            values = (
-                len(members)
-                * int(self.col_widths[tcols].sum())
-                * (self.row_edges[j] - self.row_edges[i])
-            )
-            if values < SPLIT_VALUES:  # small: one block costs less than the calls it would save
-                yield Block(self, i, j, tcols, members)
             else:
-                for part, members in _split_columns(col_sets):
+                col_sets = (sets[:, i:j] & open_tiles[i:j]).any(1)[:, tcols]  # (Q, n)
+                widths = (self.col_widths[tcols] * (self.row_edges[j] - self.row_edges[i])).tolist()
+                for part, members in _split_columns(col_sets, widths):
                     yield Block(self, i, j, tcols[part], members)
             i = j
 
 
-def _split_columns(col_sets: Tensor) -> Iterator[tuple[Tensor, Tensor]]:
-    """Greedy left-to-right groups of columns whose set union grows by at most one member past
-    the largest set in the group. Yields (column positions, union members)."""
+def _split_columns(col_sets: Tensor, pixels: list[int]) -> Iterator[tuple[Tensor, Tensor]]:
+    """Greedy left-to-right groups of columns: a column joins the current group unless computing
+    the group's grown query union on it costs more than BLOCK_COST values over computing it
+    apart. Yields (column positions, union members).
+
+    Args:
+        col_sets: (Q, n) bool, the queries each column needs.
+        pixels: pixels in each column.
+    """
     packed = np.packbits(col_sets.T.numpy(), axis=1)  # (n, ceil(Q / 8))
     bits = [int.from_bytes(row.tobytes(), "big") for row in packed]
-    start, union, largest = 0, 0, 0
+    start, union, area = 0, 0, 0
     for c, b in enumerate(bits):
         grown = union | b
-        if c > start and grown.bit_count() > max(largest, b.bit_count()) + 1:
+        joined = grown.bit_count() * (area + pixels[c])
+        apart = union.bit_count() * area + b.bit_count() * pixels[c] + BLOCK_COST
+        if c > start and joined > apart:
             yield torch.arange(start, c), col_sets[:, start:c].any(1).nonzero()[:, 0]
-            start, grown, largest = c, b, 0
-        union, largest = grown, max(largest, b.bit_count())
+            start, grown, area = c, b, 0
+        union, area = grown, area + pixels[c]
     yield torch.arange(start, len(bits)), col_sets[:, start:].any(1).nonzero()[:, 0]
 
 
