@@ -121,6 +121,17 @@ def test_trained_like_outputs(padded, image, out):
     assert_same_as_dense(_prediction(cl, low, padded, image, out, 30))
 
 
+def test_cached_assignments_across_slider_moves():
+    """Re-merges that revisit a kept query set (cached assignment), change only the overlap
+    threshold, or come after the cache dropped that set give the dense results."""
+    cl, low = trained_like(40, 30, 64, 64, seed=9)
+    pred = _prediction(cl, low, (256, 256), (250, 240), (317, 303), 30)
+    moves = [(0.8, 0.8), (0.3, 0.5), (0.8, 0.3), (0.3, 0.9), (0.0, 0.0), (0.5, 0.5), (0.6, 0.6)]
+    moves += [(0.99, 0.8), (0.2, 0.1), (0.8, 0.8), (0.3, 0.5)]
+    assert_same_as_dense(pred, thresholds=moves)
+    assert 0 < len(pred._assignments) <= 4
+
+
 def test_semantic_only_models_take_the_sigmoid_between_the_resizes():
     cl, low = trained_like(30, 20, 64, 96, seed=4)
     for out in [(233, 201), (256, 371), (40, 60)]:

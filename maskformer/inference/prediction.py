@@ -33,7 +33,9 @@ class Prediction:
     Q x H0 x W0: a 48 MP photo costs its id maps, not 100 full-size float maps.
 
     Results use the model's default thresholds (``test``) or the ones given. Per-query mask areas
-    are cached as they are computed, so a re-merge at new thresholds computes only what it lacks.
+    are cached as they are computed, and the pixel assignment of the last few kept query sets, so
+    a re-merge at new thresholds computes only what it lacks (a new overlap threshold, or a score
+    threshold keeping the same queries, computes no pixel).
     """
 
     class_logits: Tensor  # (Q, K+1); index K is "no object"
@@ -56,6 +58,7 @@ class Prediction:
                 f"{h0}x{w0}: pass padded_hw (and image_hw) for network-size logits"
             )
         self._areas = torch.full((self.num_queries,), -1, dtype=torch.int64)  # -1: not yet
+        self._assignments: dict[tuple[int, ...], tiled.Assignment] = {}  # by kept query set
 
     @cached_property
     def masks(self) -> LazyMasks:
@@ -111,6 +114,7 @@ class Prediction:
             object_mask_threshold=_default(object_mask_threshold, self.test.object_mask_threshold),
             overlap_threshold=_default(overlap_threshold, self.test.overlap_threshold),
             areas=self.areas,
+            assignments=self._assignments,
         )
 
     @cached_property

@@ -36,6 +36,8 @@ SCORE_MARGIN = 1e-4
 # per pixel (the others are bounded per tile).
 STRONG_QUERY = 0.25
 STRONG_CLASS = 0.05
+# Pixel assignments kept per Prediction (by kept query set): a few, each a byte per computed pixel.
+ASSIGNMENT_CACHE = 4
 FEW_ROWS = 8  # up to this many candidates, pairwise passes find the first maximum fastest
 
 
@@ -157,11 +159,15 @@ def panoptic(
     object_mask_threshold: float,
     overlap_threshold: float,
     areas: Callable[[Tensor], Tensor] | None = None,
+    assignments: dict[tuple[int, ...], Assignment] | None = None,
 ) -> PanopticResult:
     """``postprocess.panoptic_inference`` on the full-size logits ``masks`` stands for.
 
     Args:
         areas: returns the (cached) mask areas of the given queries; default ``query_areas``.
+        assignments: a cache of pixel assignments by kept query set, read and filled (at most
+            ASSIGNMENT_CACHE entries, least recently used dropped). The assignment depends only
+            on which queries pass the score threshold, not on the overlap threshold.
     """
     scores, labels = class_probs(class_logits).max(-1)  # (Q,), (Q,)
     num_classes = class_logits.shape[-1] - 1
@@ -172,7 +178,14 @@ def panoptic(
     if kept.numel() == 0:
         return PanopticResult(torch.zeros((h, w), dtype=torch.int32), [], dropped)
     orig_areas = (areas or (lambda qs: query_areas(masks, qs)))(kept).tolist()
-    assignment = weighted_argmax(masks, kept, scores[kept])
+    key = tuple(kept.tolist())
+    assignment = None if assignments is None else assignments.pop(key, None)
+    if assignment is None:
+        assignment = weighted_argmax(masks, kept, scores[kept])
+    if assignments is not None:
+        assignments[key] = assignment  # most recently used last
+        while len(assignments) > ASSIGNMENT_CACHE:
+            del assignments[next(iter(assignments))]
     lut, segments = assemble_segments(
         kept, labels, scores, orig_areas, assignment.won.tolist(), thing_ids, overlap_threshold,
         dropped,
