@@ -414,9 +414,12 @@ class Block:
     @cached_property
     def cols(self) -> Tensor:
         """(n,) ascending output columns of the block."""
-        member = torch.zeros(len(self.grid.col_widths), dtype=torch.bool)
-        member[self.tile_cols] = True
-        return member[self.grid.col_tile].nonzero()[:, 0]
+        # numpy, not a torch mask + nonzero: torch's threaded nonzero stalls on a busy machine
+        edges = np.asarray(self.grid.col_edges)
+        tiles = self.tile_cols.numpy()
+        starts, widths = edges[tiles], edges[tiles + 1] - edges[tiles]
+        shift = np.repeat(starts - np.cumsum(widths) + widths, widths)  # (n,) start - offset
+        return torch.from_numpy(shift + np.arange(int(widths.sum()), dtype=np.int64))
 
     @property
     def y0(self) -> int:
