@@ -76,10 +76,12 @@ def compare_rows(ws: Workspace, a: int, b: int) -> list[list[Any]]:
 
 
 class ModelSwitcher:
-    """Hot swap of the app's model: the shared ``AppContext`` is the holder, this is its lock.
+    """Hot swap of the app's model: builds a new immutable ``ModelState`` and swaps the one
+    reference the shared ``AppContext`` holds (``AppContext.swap_model``).
 
-    Requests that started with the old Predictor finish with it (a Predictor keeps no per-image
-    state); the next request reads the new one. Loading happens outside the lock.
+    Requests that started with the old model finish with it (a request reads ``ctx.model`` once;
+    a Predictor keeps no per-image state); the next request reads the new one. Loading happens
+    outside the lock; ``lock`` serialises switches against each other.
     """
 
     def __init__(self, ctx: Any, device: str | None = None):
@@ -89,6 +91,7 @@ class ModelSwitcher:
 
     def switch(self, version_id: int) -> ModelVersion:
         """Load a version's checkpoint and make it the app's model and the active version."""
+        from app.context import model_state
         from maskformer.inference import Predictor
 
         ws: Workspace = self.ctx.workspace
@@ -100,21 +103,15 @@ class ModelSwitcher:
         predictor = Predictor.from_checkpoint(
             version.path, device=self.device or _device_of(self.ctx.predictor)
         )
-        class_categories = ws.ensure_meta(predictor.meta)
+        state = model_state(predictor, ws, version.id, version.path)
         with self.lock:
-            test = predictor.cfg.test
-            self.ctx.class_categories = class_categories
-            self.ctx.meta = predictor.meta
-            self.ctx.predictor = predictor
-            self.ctx.model_version_id = version.id
-            self.ctx.default_score = float(test.object_mask_threshold)
-            self.ctx.default_overlap = float(test.overlap_threshold)
+            self.ctx.swap_model(state)
             ws.set_active_model_version(version.id)
         return ws.model_version(version.id)
 
     def rollback(self) -> ModelVersion:
         """Switch to the parent of the current version."""
-        current = self.ctx.model_version_id
+        current = self.ctx.model.version_id
         if current is None:
             raise WorkspaceError("the current model is not a registered version")
         parent = self.ctx.workspace.model_version(current).parent

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from app import callbacks as cb
-from app import transfer, views
+from app import inspector, transfer
 from app.callbacks import make_context
 from app.editing import make_annotation
 from app.finetune import (
@@ -331,7 +331,7 @@ def test_switch_and_rollback_replace_the_shared_predictor(tmp_path):
     s.prediction = replace(s.prediction, class_logits=logits)  # derived values recomputed
     cb.remerge(ctx, s, 0.0, 0.0)
     assert any(seg["category_id"] == lake.id for seg in s.annotation.segments)
-    assert views.query_detail(s.prediction.meta, s, lake_q).top5.get("lake", 0) > 0.9
+    assert dict(inspector.query_detail(ctx, s, lake_q)["top5"]).get("lake", 0) > 0.9
     sid = next(seg["id"] for seg in s.annotation.segments if seg.get("query") == lake_q)
     cb.swap_second_class(ctx, s, sid)
     assert s.annotation.segment(sid)["category_id"] == ctx.class_categories[0]
@@ -484,7 +484,7 @@ def _correct(ctx, s: Session, smp, source: str, new_class: str) -> None:
         }
         for g in smp.segments
     ]
-    s.push(make_annotation(smp.id_map, segs))
+    s.push(make_annotation(smp.id_map, segs), "repaint to the truth")
     for g in smp.segments:
         if names[g["category_id"]] == source:
             cb.relabel_segment(ctx, s, int(g["id"]), new_class, isthing_if_new=False)

@@ -116,14 +116,20 @@ def expand_images(patterns: list[str]) -> list[Path]:
     return out
 
 
+# Output stems are cut to this many UTF-8 bytes: "<stem>_overlay.png" and its temp file must fit
+# the 255-byte file names of common file systems even when the input's name is 255 bytes long.
+MAX_STEM_BYTES = 200
+
+
 def output_names(paths: list[Path]) -> list[str]:
-    """Unique output stems: the file stem, with ``_2``, ``_3`` ... on collisions."""
+    """Unique output stems: the file stem (cut to MAX_STEM_BYTES), ``_2``, ``_3`` ... on collisions."""
     seen: dict[str, int] = {}
     names = []
     for p in paths:
-        n = seen.get(p.stem, 0) + 1
-        seen[p.stem] = n
-        names.append(p.stem if n == 1 else f"{p.stem}_{n}")
+        stem = p.stem.encode("utf-8")[:MAX_STEM_BYTES].decode("utf-8", "ignore")
+        n = seen.get(stem, 0) + 1
+        seen[stem] = n
+        names.append(stem if n == 1 else f"{stem}_{n}")
     return names
 
 
