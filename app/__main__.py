@@ -16,7 +16,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 # name -> (module under app.commands, one-line help). Modules are imported only when run.
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "finetune": ("finetune", "fine-tune the model on the corrected images (the Train tab's job)"),
+}
 
 
 def _available() -> dict[str, tuple[str, str]]:

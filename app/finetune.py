@@ -27,12 +27,47 @@ from maskformer.errors import UserError
 ROOT = Path(__file__).resolve().parents[1]
 MIN_CORRECTED = 4  # fewer corrected images than this: the button is disabled
 HOLDOUT_FRACTION = 0.2  # of the corrected images, at least 1, kept for the before/after scores
-# Measured on the shared 2-core CPU machine (load ~5): the tiny preset (resnet10t, 128 px) on 20
-# corrected images (16 train, 4 held out) takes 113 s for the whole job at these settings (96 s
-# of it the 200 training iterations); the Train tab's target is 5 minutes.
-DEFAULT_ITERS = 200
-DEFAULT_BATCH = 4
 JOB_LABEL = "fine-tune"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the job trains: iterations, batch, learning rate and train-command config overrides."""
+
+    name: str
+    iters: int
+    batch: int
+    lr: float | None  # None: the base model's solver.base_lr
+    overrides: tuple[str, ...]  # ``section.field=value`` for ``python -m maskformer train``
+    about: str
+
+
+# The Train tab's recipe: measured by bench/finetune_gain.py (docs/finetune.md has the trials).
+FINETUNE = Recipe(
+    name="finetune",
+    iters=600,
+    batch=4,
+    lr=3e-4,
+    overrides=(
+        "solver.warmup_iters=60",
+        "solver.distill_weight=1.0",
+        "solver.distill_mask_weight=1.0",
+    ),
+    about="placeholder",
+)
+# What the tab ran before (kept to compare against): the base model's own solver (for the demo
+# model lr 1e-3 on the whole model), 200 iterations, batch 4.
+BASE = Recipe(
+    name="base",
+    iters=200,
+    batch=4,
+    lr=None,
+    overrides=(),
+    about="the base model's own solver settings, 200 iterations, batch 4 (the tab's first recipe)",
+)
+RECIPES = {r.name: r for r in (FINETUNE, BASE)}
+DEFAULT_ITERS = FINETUNE.iters
+DEFAULT_BATCH = FINETUNE.batch
 
 
 class FinetuneError(UserError):
@@ -150,12 +185,20 @@ def meta_for(categories: list[Category], name: str = "workspace") -> DatasetMeta
 
 @dataclass(frozen=True)
 class Settings:
-    """What the user may change; the defaults fit the tiny preset on a 2-core CPU."""
+    """What the user may change; None takes the recipe's value."""
 
-    iters: int = DEFAULT_ITERS
-    batch: int = DEFAULT_BATCH
-    lr: float | None = None  # None: the base model's solver.base_lr
+    iters: int | None = None
+    batch: int | None = None
+    lr: float | None = None
     device: str | None = None  # None: cuda when available
+    recipe: str = FINETUNE.name
+
+    def resolved_recipe(self) -> Recipe:
+        if self.recipe not in RECIPES:
+            raise FinetuneError(
+                f"unknown fine-tune recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}"
+            )
+        return RECIPES[self.recipe]
 
     def resolved_device(self) -> str:
         if self.device:
@@ -186,6 +229,8 @@ class FinetuneSpec:
     warmup_iters: int
     nice: int = 5  # the job yields the CPU to the app's own requests
     created: str = ""
+    recipe: str = BASE.name
+    overrides: list[str] = field(default_factory=list)  # train-command config overrides
 
     @property
     def run_dir(self) -> Path:
@@ -348,10 +393,12 @@ class Finetuner:
         ready = readiness(self.ws)
         if not ready.ok:
             raise FinetuneError(ready.reason)
-        if settings.iters < 1 or settings.batch < 1:
+        recipe = settings.resolved_recipe()
+        iters = recipe.iters if settings.iters is None else int(settings.iters)
+        batch = recipe.batch if settings.batch is None else int(settings.batch)
+        if iters < 1 or batch < 1:
             raise FinetuneError(
-                f"iterations and batch size must be at least 1, got "
-                f"{settings.iters} and {settings.batch}"
+                f"iterations and batch size must be at least 1, got {iters} and {batch}"
             )
         records = corrected_images(self.ws)
         cats = training_categories(self.ws, base_meta, records)
@@ -367,12 +414,14 @@ class Finetuner:
             heldout_images=held,
             category_ids=[c.id for c in cats],
             base_classes=base_meta.num_classes,
-            iters=int(settings.iters),
-            batch=int(settings.batch),
-            lr=settings.lr,
+            iters=iters,
+            batch=batch,
+            lr=recipe.lr if settings.lr is None else float(settings.lr),
             device=settings.resolved_device(),
             created=stamp,
-            **schedule(int(settings.iters)),
+            recipe=recipe.name,
+            overrides=list(recipe.overrides),
+            **schedule(iters),
         )
         spec.save()
         return spec
