@@ -1,10 +1,11 @@
-"""What the Train tab does, without gradio: readiness, the held-out split, the fine-tune job and
-its progress (model versions are in ``app.versions``).
+"""What the Train tab does, without gradio: readiness, the held-out split, the recipes, the
+fine-tune job and its progress (model versions are in ``app.versions``, the verdict in
+``app.verdict``).
 
 The fine-tune itself runs in another process (``python -m app.finetune_job SPEC``, which runs
 ``python -m maskformer train``), started and watched through ``app.jobs.JobRunner``; this module
 only writes its spec and reads the files it leaves (``phase.json``, ``run/metrics.jsonl``,
-``result.json``).
+``result.json``). ``python -m app finetune`` runs the same job without the app.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from app.jobs import JobBusyError, JobInfo, JobRunner, JobState
 from app.store import Category, ImageRecord, Workspace
+from app.verdict import MIN_HELDOUT_IMAGES
 from maskformer.config import DatasetMeta
 from maskformer.errors import UserError
 
@@ -103,14 +105,18 @@ def readiness(ws: Workspace, min_corrected: int = MIN_CORRECTED) -> Readiness:
             n,
         )
     held = num_heldout(n)
-    return Readiness(
-        True,
+    reason = (
         f"{n} corrected images: {n - held} to train on, {held} held out for "
-        "the before/after comparison.",
-        n,
-        n - held,
-        held,
+        "the before/after comparison."
     )
+    if held < MIN_HELDOUT_IMAGES:
+        need = next(k for k in range(n, 10 * MIN_HELDOUT_IMAGES) if num_heldout(k) >= MIN_HELDOUT_IMAGES)
+        reason += (
+            f" {held} held-out image{'s are' if held != 1 else ' is'} too few to judge the "
+            f"result (at least {MIN_HELDOUT_IMAGES}, from {need} corrected images): it will "
+            "be saved as a version but not used until you switch to it."
+        )
+    return Readiness(True, reason, n, n - held, held)
 
 
 def num_heldout(n: int, fraction: float = HOLDOUT_FRACTION) -> int:

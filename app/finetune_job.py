@@ -1,11 +1,13 @@
 """The fine-tune job process: ``python -m app.finetune_job <job_dir>/spec.json``.
 
 Steps, each skipped when a previous attempt of the same job finished it (so a killed job resumes):
-export the corrected images (train and held-out sets, base classes first), score the base model on
-the held-out set, run ``python -m maskformer train --init BASE --resume``, score the new model,
-copy it to ``<workspace>/models/finetune-<job>.safetensors`` and register it as a version with its
-parent and scores. Progress goes to ``phase.json``; the outcome to ``result.json``. The app's current model
-and its workspace rows are only touched by the last step, in one transaction.
+export the corrected images (train and held-out sets, base classes first); score the base model on
+the held-out set, image by image, and find corrections it already predicts exactly; run
+``python -m maskformer train --init BASE --resume`` with the recipe's settings; score the new
+model; judge it (``app.verdict``); copy it to ``<workspace>/models/finetune-<job>.safetensors``
+and register it as a version with its parent, scores and verdict, made the active version only
+when the verdict says it is better. Progress goes to ``phase.json``; the outcome to
+``result.json``. The workspace's rows are only touched by the last step.
 """
 
 from __future__ import annotations
