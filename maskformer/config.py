@@ -7,7 +7,10 @@ Every native checkpoint stores ``config_to_dict(cfg)`` and ``asdict(meta)`` so i
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import types
+import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -257,41 +260,65 @@ def generic_meta(k: int, thing_ids: tuple[int, ...] = ()) -> DatasetMeta:
 
 
 def _coerce(value: Any, typ: Any, name: str) -> Any:
-    """Turn JSON / CLI values into the field's type; raise ConfigError with the field name."""
-    typ_s = str(typ)
-    try:
+    """Turn a JSON / CLI value into a field's type (a resolved type hint); raise ConfigError
+    naming the field.
+
+    Handles the types config fields use: ``bool``, ``int``, ``float``, ``str``, ``X | None``,
+    ``tuple[X, ...]`` (any length) and ``tuple[X, Y, ...]`` of fixed length.
+    """
+    if _is_optional(typ):
         if value is None:
-            if "None" in typ_s:
-                return None
-            raise ConfigError(f"{name} may not be None")
-        if typ_s.startswith("tuple[int, int]"):
-            v = tuple(int(x) for x in _as_seq(value))
-            if len(v) != 2:
-                raise ConfigError(f"{name} needs two integers, got {value!r}")
-            return v
-        if typ_s.startswith("tuple[float"):
-            return tuple(float(x) for x in _as_seq(value))
-        if typ_s.startswith("tuple[int"):
-            return tuple(int(x) for x in _as_seq(value))
-        if typ_s == "bool" or typ is bool:
-            if isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if value.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ConfigError(f"{name} expects true/false, got {value!r}")
-            return bool(value)
-        if typ_s == "int" or typ is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ConfigError(f"{name} expects an integer, got {value!r}")
-            return int(value)
-        if typ_s == "float" or typ is float:
-            return float(value)
-        if typ_s == "str" or typ is str:
-            return str(value)
+            return None
+        typ = next(a for a in typing.get_args(typ) if a is not type(None))
+    if value is None:
+        raise ConfigError(f"{name} may not be None")
+    try:
+        if typing.get_origin(typ) is tuple:
+            return _coerce_tuple(value, typing.get_args(typ), name)
+        return _coerce_scalar(value, typ, name)
     except (TypeError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
         raise ConfigError(f"{name}: cannot use {value!r} ({e})") from None
+
+
+def _is_optional(typ: Any) -> bool:
+    return typing.get_origin(typ) in (typing.Union, types.UnionType) and type(None) in (
+        typing.get_args(typ)
+    )
+
+
+def _coerce_tuple(value: Any, args: tuple[Any, ...], name: str) -> tuple:
+    items = _as_seq(value)
+    if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]
+        return tuple(_coerce_scalar(x, args[0], name) for x in items)
+    if len(items) != len(args):
+        raise ConfigError(f"{name} needs {len(args)} values, got {value!r}")
+    return tuple(_coerce_scalar(x, t, name) for x, t in zip(items, args, strict=True))
+
+
+def _coerce_scalar(value: Any, typ: Any, name: str) -> Any:
+    if typ is bool:
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(f"{name} expects true/false, got {value!r}")
+        return bool(value)
+    if typ is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{name} expects an integer, got {value!r}")
+        return int(value)
+    if typ in (float, str):
+        return typ(value)
     return value
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    """Resolved type hints of a config dataclass (its annotations are strings under PEP 563)."""
+    return typing.get_type_hints(cls)
 
 
 def _as_seq(value: Any) -> list:
@@ -308,7 +335,8 @@ def _section_from_dict(cls, d: dict[str, Any], prefix: str):
         raise ConfigError(
             f"unknown config key(s): {', '.join(prefix + k for k in sorted(unknown))}"
         )
-    return cls(**{k: _coerce(v, known[k].type, prefix + k) for k, v in d.items()})
+    types_ = _field_types(cls)
+    return cls(**{k: _coerce(v, types_[k], prefix + k) for k, v in d.items()})
 
 
 _SECTIONS = {"model": ModelConfig, "input": InputConfig, "test": TestConfig, "solver": SolverConfig}
@@ -339,7 +367,7 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Confi
         known = {f.name: f for f in fields(sub)}
         if name not in known:
             raise ConfigError(f"unknown config key: {section}.{name}")
-        sub = replace(sub, **{name: _coerce(value, known[name].type, key)})
+        sub = replace(sub, **{name: _coerce(value, _field_types(type(sub))[name], key)})
         cfg = replace(cfg, **{section: sub})
     return cfg
 
@@ -361,6 +389,10 @@ def load_config_file(path: str | Path) -> Config:
 
 # --------------------------------------------------------------------------------------------
 # presets, named after the official configs
+
+
+def _ignore_label(cfg: Config, ignore_label: int) -> Config:
+    return replace(cfg, input=replace(cfg.input, ignore_label=ignore_label))
 
 
 def _resnet_semantic(
@@ -498,26 +530,14 @@ def _tiny(backbone: str = "resnet10t") -> Config:
 
 
 def _demo() -> Config:
-    """The shipped demo model's recipe: the tiny model with its decoder reading the stride-4 res2
-    features instead of res5 (an official TRANSFORMER_IN_FEATURE choice). At 128 px res5 is a 4 x 4
-    grid, too coarse for 20 queries to tell small shapes apart: in 300-iteration trials on the
-    synthetic data the matched-query CE fell to 1.85 (res5), 1.37 (res3) and 1.13 (res2).
-    The classification loss weighs more than the official 1: with 1 the stuff classes were learnt but the
-    matched queries' CE stayed near 1.0 after 500 iterations; with 2 it fell to 0.31, and the
-    3000-iteration run went from PQ 32.2 to 46.7. The synthetic train and val images share one
-    scale, so training keeps it (no short-side jitter) and skips the colour jitter: in
-    1000-iteration trials PQ 32.6 -> 36.7 -> 38.7. bf16 autocast where the CPU has it (~25 %
-    more images/s, same PQ). The model under-fits within the 30-minute budget (the 7000-iteration
-    model scored the same on its training images as on val), so iterations fill the budget.
-    Class and dice loss weights 3 (official: 1 and 1; focal stays 20): the previous model's thing
-    masks, not their labels, were what it got wrong, and in 2000-iteration trials dice 3 gave PQ
-    47.8 -> 51.7 (dice 5 starved the classification: 21.0); the full run went from PQ 72.5 to 74.4.
-    Mask2Former's masked attention (not MaskFormer's; off in every other preset) with 3 decoder
-    layers: the misses left were touching instances split among queries or merged, and a query
-    that attends only inside its previous mask is meant to keep to one. Full runs (8000 iterations
-    unless said): without it 74.4; with it and 2 layers 76.1; with 3 layers, 7000 iterations
-    (25.5 minutes at ~39 images/s) 78.8 and 7500 iterations (29.1 minutes at ~35 images/s) 80.1.
-    Trials and curves: checkpoints/README.md."""
+    """The shipped demo model's recipe (checkpoints/README.md; why each setting: docs/demo_recipe.md).
+
+    The tiny model with its decoder on the stride-4 ``res2`` features (at 128 px ``res5`` is a
+    4 x 4 grid), Mask2Former's masked attention with 3 decoder layers (not MaskFormer's decoder;
+    off in every other preset), class and dice loss weights 3 (official 1 and 1), no scale or
+    colour jitter (the synthetic train and val images share one scale), bf16 autocast on CPUs
+    with native bf16, and as many iterations as fit in 30 minutes on a 2-core CPU.
+    """
     cfg = _tiny("resnet10t")
     return replace(
         cfg,
@@ -554,11 +574,8 @@ PRESETS = {
     "maskformer_swin_l_ade20k": lambda: _swin(
         _resnet_semantic("resnet50", 150, 640, 640, 2560, 160_000), "swin_large"
     ),
-    "maskformer_r50_ade20k_full": lambda: replace(
-        _resnet_semantic("resnet50", 847, 512, 512, 2048, 200_000),
-        input=replace(
-            _resnet_semantic("resnet50", 847, 512, 512, 2048, 200_000).input, ignore_label=65535
-        ),
+    "maskformer_r50_ade20k_full": lambda: _ignore_label(
+        _resnet_semantic("resnet50", 847, 512, 512, 2048, 200_000), 65535
     ),
     "maskformer_r50_coco_stuff": lambda: _resnet_semantic(
         "resnet50", 171, 640, 640, 2560, 60_000, 32

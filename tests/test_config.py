@@ -60,3 +60,46 @@ def test_meta_validation_and_round_trip():
     assert meta.thing_ids == (0, 2) and DatasetMeta.from_dict(meta.to_dict()) == meta
     with pytest.raises(ConfigError):
         DatasetMeta(class_names=("a", "b"), isthing=(True,), colors=((0, 0, 0), (1, 1, 1)))
+
+
+def test_overrides_follow_the_type_hints():
+    """Coercion reads the fields' type hints: optional fixed-length tuples, variable tuples,
+    fixed-length float tuples, bools from strings."""
+    cfg = get_preset("maskformer_tiny")
+    cfg = apply_overrides(
+        cfg,
+        {
+            "input.crop_size": "(96, 128)",
+            "input.min_size_train": "64,96,128",
+            "input.pixel_mean": [1, 2, 3],
+            "solver.amp": "off",
+        },
+    )
+    assert cfg.input.crop_size == (96, 128)
+    assert cfg.input.min_size_train == (64, 96, 128)
+    assert cfg.input.pixel_mean == (1.0, 2.0, 3.0)
+    assert cfg.solver.amp is False
+    assert apply_overrides(cfg, {"input.crop_size": None}).input.crop_size is None
+    with pytest.raises(ConfigError, match="input.crop_size needs 2 values"):
+        apply_overrides(cfg, {"input.crop_size": "(1, 2, 3)"})
+    with pytest.raises(ConfigError, match="input.pixel_mean needs 3 values"):
+        apply_overrides(cfg, {"input.pixel_mean": "(1, 2)"})
+    with pytest.raises(ConfigError, match="model.num_queries may not be None"):
+        apply_overrides(cfg, {"model.num_queries": None})
+
+
+def test_readme_names_every_preset():
+    """README's preset list (with `{a,b}` shorthand) names exactly the presets that exist."""
+    import itertools
+    import re
+    from pathlib import Path
+
+    from maskformer.config import PRESETS
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    named = set()
+    for token in re.findall(r"`(maskformer_[a-z0-9_{},]+)`", text):
+        parts = re.split(r"\{([^}]*)\}", token)  # literal, choices, literal, ...
+        choices = [[p] if i % 2 == 0 else p.split(",") for i, p in enumerate(parts)]
+        named |= {"".join(c) for c in itertools.product(*choices)}
+    assert named & set(PRESETS) == set(PRESETS), sorted(set(PRESETS) - named)

@@ -1,4 +1,4 @@
-"""The engine's packages import each other only along the DAG in HOUSE_STYLE.md, and never gradio."""
+"""The engine's packages import each other only along the DAG in CONTRIBUTING.md, and never gradio."""
 
 import ast
 from pathlib import Path

@@ -130,3 +130,16 @@ def test_checkpoint_round_trip_and_fewer_queries(tmp_path):
     assert torch.equal(fewer.state_dict()[key], model.state_dict()[key][: q // 2])
     with torch.no_grad():
         assert fewer(x)["pred_masks"].shape[1] == q // 2
+
+
+def test_build_model_picks_the_decoder_class():
+    """Masked attention is its own predictor class; MaskFormer's predictor has no masked path."""
+    from maskformer.model import MaskedAttentionPredictor, TransformerPredictor
+
+    masked = build_model(_model_cfg()).predictor
+    plain = build_model(replace(_model_cfg(), masked_attention=False)).predictor
+    assert type(masked) is MaskedAttentionPredictor
+    assert type(plain) is TransformerPredictor
+    assert not hasattr(plain, "query_feat")
+    # the same parameter names apart from the learned query features: checkpoints keep their keys
+    assert set(masked.state_dict()) - set(plain.state_dict()) == {"query_feat.weight"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import timm
 import torch.nn.functional as F
 from timm.layers import freeze_batch_norm_2d
@@ -13,6 +15,27 @@ from maskformer.model.swin import SwinTransformer
 
 RES_NAMES = ("res2", "res3", "res4", "res5")
 _STRIDES = (4, 8, 16, 32)
+RES_STRIDES = dict(zip(RES_NAMES, _STRIDES, strict=True))  # res2 -> 4, ..., res5 -> 32
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """What the pixel decoder and the predictor need of a backbone (every backbone is tested
+    against this contract in tests/test_backbones.py).
+
+    Attributes:
+        out_channels: channels of each output, ``{"res2": C2, ..., "res5": C5}``.
+        strides: stride of each output relative to the input, ``{"res2": 4, ..., "res5": 32}``.
+
+    Calling it on (B, 3, H, W) returns ``{"res2": (B, C2, ceil(H/4), ceil(W/4)), ...,
+    "res5": (B, C5, ceil(H/32), ceil(W/32))}`` for any H, W.
+    """
+
+    out_channels: dict[str, int]
+    strides: dict[str, int]
+
+    def __call__(self, x: Tensor) -> dict[str, Tensor]: ...
+
 
 # Our names -> timm names. "resnet101c" is detectron2's DeepLab ResNet (R-103): deep 3x3 stem
 # (64, 64, 128 channels) plus multi-grid dilations (1, 2, 4) in res5.
@@ -40,6 +63,7 @@ class TimmBackbone(nn.Module):
         # the last feature map of each stride: index into the list the body returns
         self.indices = [max(i for i, r in enumerate(reductions) if r == s) for s in _STRIDES]
         self.out_channels = {n: channels[i] for n, i in zip(RES_NAMES, self.indices, strict=True)}
+        self.strides = dict(RES_STRIDES)
         if name == "resnet101c":
             _set_res5_multi_grid(self.body, RES5_MULTI_GRID)
         if frozen_bn:
@@ -90,7 +114,7 @@ def _set_res5_multi_grid(body: nn.Module, grid: tuple[int, ...]) -> None:
         block.conv2.padding = (d, d)
 
 
-def build_backbone(cfg: ModelConfig) -> nn.Module:
+def build_backbone(cfg: ModelConfig) -> Backbone:
     """The backbone named by ``cfg.backbone``; ``out_channels`` maps res2..res5 to channels."""
     if cfg.backbone == "swin":
         if cfg.pretrained:

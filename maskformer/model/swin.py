@@ -247,6 +247,7 @@ class SwinTransformer(nn.Module):
         for i, c in enumerate(self.num_features):
             self.add_module(f"norm{i}", nn.LayerNorm(c))
         self.out_channels = {f"res{i + 2}": c for i, c in enumerate(self.num_features)}
+        self.strides = {f"res{i + 2}": 4 * 2**i for i in range(len(self.num_features))}
         self.apply(_init_weights)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
