@@ -110,7 +110,9 @@ def readiness(ws: Workspace, min_corrected: int = MIN_CORRECTED) -> Readiness:
         "the before/after comparison."
     )
     if held < MIN_HELDOUT_IMAGES:
-        need = next(k for k in range(n, 10 * MIN_HELDOUT_IMAGES) if num_heldout(k) >= MIN_HELDOUT_IMAGES)
+        need = next(
+            k for k in range(n, 10 * MIN_HELDOUT_IMAGES) if num_heldout(k) >= MIN_HELDOUT_IMAGES
+        )
         reason += (
             f" {held} held-out image{'s are' if held != 1 else ' is'} too few to judge the "
             f"result (at least {MIN_HELDOUT_IMAGES}, from {need} corrected images): it will "
