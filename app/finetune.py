@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from app.jobs import JobBusyError, JobInfo, JobRunner, JobState
+from app.replay import replay_images
 from app.store import Category, ImageRecord, Workspace
 from app.verdict import MIN_HELDOUT_IMAGES
 from maskformer.config import DatasetMeta
@@ -42,6 +43,8 @@ class Recipe:
     lr: float | None  # None: the base model's solver.base_lr
     overrides: tuple[str, ...]  # ``section.field=value`` for ``python -m maskformer train``
     about: str
+    replay: bool = False  # also train on the model's confident predictions (``app.replay``)
+    copy_paste: float = 0.0  # chance an image gets new-class instances pasted in (0: off)
 
 
 # The Train tab's recipe: measured by bench/finetune_gain.py (docs/finetune.md has the trials).
@@ -56,6 +59,8 @@ FINETUNE = Recipe(
         "solver.distill_mask_weight=1.0",
     ),
     about="placeholder",
+    replay=True,
+    copy_paste=0.8,
 )
 # What the tab ran before (kept to compare against): the base model's own solver (for the demo
 # model lr 1e-3 on the whole model), 200 iterations, batch 4.
@@ -239,6 +244,8 @@ class FinetuneSpec:
     created: str = ""
     recipe: str = BASE.name
     overrides: list[str] = field(default_factory=list)  # train-command config overrides
+    replay_images: list[int] = field(default_factory=list)  # uncorrected images to replay
+    copy_paste: float = 0.0  # ``input.copy_paste`` of the new classes' instances
 
     @property
     def run_dir(self) -> Path:
@@ -429,6 +436,8 @@ class Finetuner:
             created=stamp,
             recipe=recipe.name,
             overrides=list(recipe.overrides),
+            replay_images=replay_images(self.ws.list_images()) if recipe.replay else [],
+            copy_paste=recipe.copy_paste,
             **schedule(iters),
         )
         spec.save()

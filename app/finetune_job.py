@@ -18,11 +18,13 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from app.finetune import FinetuneSpec, meta_for, read_json
 from app.heldout import score, unchanged
+from app.replay import pseudo_label, repeats
 from app.store import Workspace
 from app.transfer import Record
 from app.verdict import judge
@@ -77,6 +79,38 @@ def export_images(
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     return out_dir
+
+
+def write_training_set(
+    ws: Workspace, spec: FinetuneSpec, base: Any, meta: DatasetMeta, corrected: Path, out: Path
+) -> Path:
+    """The training data: the corrected images, and with replay the base model's confident
+    predictions on uncorrected images, the corrected ones repeated to stay about half of it."""
+    if not spec.replay_images:
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(corrected, out)
+        return out
+    from maskformer.data import open_dataset
+    from maskformer.data.coco import write_dataset
+    from maskformer.data.datasets import Sample
+
+    ds = open_dataset(corrected)
+    samples = []
+    for image_id in spec.replay_images:
+        image = ws.load_image(image_id)
+        id_map, segments = pseudo_label(base, image)
+        samples.append(Sample(image, id_map, segments, 0, f"r{image_id}.png"))
+    for k in range(repeats(len(ds), len(samples))):
+        for i in range(len(ds)):
+            smp = ds.load(i)
+            samples.append(replace(smp, file_name=f"c{k}-{smp.file_name}"))
+    samples = [replace(smp, image_id=n + 1) for n, smp in enumerate(samples)]
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_dataset(tmp, samples, meta)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
 
 
 # ------------------------------------------------------------------------------------ scoring
@@ -145,6 +179,10 @@ def train_command(spec: FinetuneSpec, train_dir: Path) -> list[str]:
     ]
     if spec.lr is not None:
         cmd += ["--lr", str(spec.lr)]
+    if spec.copy_paste > 0:
+        # paste instances of the new classes (of every thing class when there is none)
+        new_from = spec.base_classes if len(spec.category_ids) > spec.base_classes else 0
+        cmd += [f"--input.copy_paste={spec.copy_paste}", f"--input.copy_paste_from={new_from}"]
     return cmd + [f"--{o}" for o in spec.overrides]
 
 
@@ -193,8 +231,9 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
     cats = {c.id: c for c in ws.categories()}
     meta = meta_for([cats[i] for i in spec.category_ids], name=f"finetune {spec.created}")
     names = {i: ws.image(i).name for i in [*spec.train_images, *spec.heldout_images]}
-    train_dir, held_dir = job_dir / "train", job_dir / "heldout"
-    if not (train_dir / "panoptic.json").exists() or not (held_dir / "panoptic.json").exists():
+    corrected_dir, held_dir = job_dir / "corrected", job_dir / "heldout"
+    train_dir = job_dir / "train"
+    if not (corrected_dir / "panoptic.json").exists() or not (held_dir / "panoptic.json").exists():
         write_phase(
             job_dir,
             "export",
@@ -202,10 +241,10 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
             f"{len(spec.heldout_images)} held-out images",
         )
         export_images(ws, spec.heldout_images, spec.category_ids, meta, held_dir)
-        export_images(ws, spec.train_images, spec.category_ids, meta, train_dir)
+        export_images(ws, spec.train_images, spec.category_ids, meta, corrected_dir)
         clock.lap("export")
     before = read_json(job_dir / "before.json")
-    if before is None:
+    if before is None or not (train_dir / "panoptic.json").exists():
         write_phase(
             job_dir,
             "before",
@@ -214,7 +253,15 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
         base = base_predictor(spec.base_checkpoint, meta, spec.device)
         before = score(base, held_dir, names)
         # Corrections that are what the model predicted anyway teach it nothing.
-        before["unchanged_train"] = unchanged(score(base, train_dir, names))
+        before["unchanged_train"] = unchanged(score(base, corrected_dir, names))
+        if spec.replay_images:
+            write_phase(
+                job_dir,
+                "before",
+                f"labelling {len(spec.replay_images)} uncorrected images with the current "
+                "model's confident predictions (replay)",
+            )
+        write_training_set(ws, spec, base, meta, corrected_dir, train_dir)
         write_json(job_dir / "before.json", before)
         clock.lap("before")
     write_phase(job_dir, "train", f"training {spec.iters} iterations on {spec.device}")

@@ -1,7 +1,8 @@
 """Does the Train tab's one-click fine-tune help, and what does it cost? (issue 22)
 
 Scenario (``bench/finetune_scenario.py``): a workspace of N = 20 corrected synthetic images with a
-thing shape the shipped demo model never saw (``cross``) drawn into each; the base model is
+thing shape the shipped demo model never saw (``cross``) drawn into each, and 100 images nobody
+corrected (half of them with crosses), as a workspace has after an import; the base model is
 ``checkpoints/demo.safetensors``. For each recipe the bench makes a fresh workspace, runs the
 tab's job through its headless command (``python -m app finetune --workspace WS --recipe R``),
 then scores the base model and the result on two held-out sets the job never saw: images with
@@ -36,6 +37,7 @@ from finetune_scenario import NEW_CLASS, scenario_meta, write_scenario
 
 BASE = ROOT / "checkpoints" / "demo.safetensors"
 SEED_CORRECTED, SEED_WITH, SEED_WITHOUT = 2201, 2202, 2203
+SEED_UNCORRECTED = (2204, 2205)  # workspace images nobody corrected: with / without the new class
 GOAL_NEW_PQ, GOAL_OLD_DROP, GOAL_JOB_S = 65.0, 2.0, 300.0
 
 
@@ -44,29 +46,52 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--recipes", default="base,finetune", help="comma-separated, in print order")
     p.add_argument("--corrected", type=int, default=20, help="corrected images (N)")
     p.add_argument("--heldout", type=int, default=100, help="images in each held-out set")
+    p.add_argument(
+        "--uncorrected",
+        type=int,
+        default=100,
+        help="workspace images nobody corrected, half of them with the new class (replay uses "
+        "them; 0: a workspace of corrected images only)",
+    )
     p.add_argument("--iters", type=int, help="override the recipes' iterations")
     p.add_argument("--device", default="cpu")
     p.add_argument("--keep", type=Path, help="work here and keep the files (default: a temp dir)")
     return p.parse_args(argv)
 
 
-def make_data(work: Path, n_corrected: int, n_heldout: int) -> dict[str, Path]:
+def make_data(work: Path, n_corrected: int, n_heldout: int, n_uncorrected: int) -> dict:
+    half = n_uncorrected // 2
     return {
         "corrected": write_scenario(work / "corrected", n_corrected, seed=SEED_CORRECTED),
         "with": write_scenario(work / "heldout_with", n_heldout, seed=SEED_WITH),
         "without": write_scenario(
             work / "heldout_without", n_heldout, seed=SEED_WITHOUT, crosses=False
         ),
+        "uncorrected": [
+            write_scenario(work / "uncorrected_with", half, seed=SEED_UNCORRECTED[0]),
+            write_scenario(
+                work / "uncorrected_without",
+                n_uncorrected - half,
+                seed=SEED_UNCORRECTED[1],
+                crosses=False,
+            ),
+        ],
     }
 
 
-def run_job(work: Path, recipe: str, corrected: Path, args: argparse.Namespace) -> dict:
-    """A fresh workspace with the corrected images, then the tab's job through its command."""
+def run_job(work: Path, recipe: str, data: dict, args: argparse.Namespace) -> dict:
+    """A fresh workspace (the corrected images with their labels, the uncorrected ones as plain
+    images), then the tab's job through its command."""
     from app import transfer
     from app.store import Workspace
 
     ws_dir = work / f"ws_{recipe}"
-    transfer.import_source(Workspace(ws_dir), corrected)
+    ws = Workspace(ws_dir)
+    transfer.import_source(ws, data["corrected"])
+    for folder in data["uncorrected"]:
+        files = sorted((folder / "images").glob("*.png"))
+        if files:
+            transfer.import_source(ws, files)  # images only: not corrected
     cmd = [sys.executable, "-m", "app", "finetune", "--workspace", str(ws_dir)]
     cmd += ["--recipe", recipe, "--device", args.device, "--checkpoint", str(BASE)]
     if args.iters:
@@ -126,11 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="finetune_gain_") as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        data = make_data(work, args.corrected, args.heldout)
+        data = make_data(work, args.corrected, args.heldout, args.uncorrected)
         base = evaluate(None, data, args.device)
         results = {}
         for recipe in recipes:
-            job = run_job(work, recipe, data["corrected"], args)
+            job = run_job(work, recipe, data, args)
             results[recipe] = (job, evaluate(job["checkpoint"], data, args.device))
     report(base, results, args, load0, os.getloadavg())
     return 0
@@ -141,7 +166,8 @@ def report(base: dict, results: dict, args: argparse.Namespace, load0, load1) ->
     w = 24
     print(
         f"\nfine-tune gain: demo model + N = {args.corrected} corrected images with a new class "
-        f"({NEW_CLASS!r}); held-out: {args.heldout} images with it, {args.heldout} without; "
+        f"({NEW_CLASS!r}) and {args.uncorrected} uncorrected ones; held-out: {args.heldout} "
+        f"images with it, {args.heldout} without; "
         f"device {args.device}; load average {load0[0]:.1f} -> {load1[0]:.1f} "
         f"({os.cpu_count()} CPUs)"
     )

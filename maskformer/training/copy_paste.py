@@ -2,7 +2,8 @@
 for Instance Segmentation*, CVPR 2021), off by default: ``input.copy_paste > 0``.
 
 With that probability an image gets 1-2 thing instances cut from other training images (of the
-classes from ``input.copy_paste_from`` on: for a fine-tune, the new ones), each flipped, rotated
+classes from ``input.copy_paste_from`` on: for a fine-tune, the new ones; a class is drawn first,
+then one of its instances, so rare classes are pasted as often as common ones), each flipped, rotated
 by any angle and scaled by 0.75-1.25, pasted at a random place on top. What they cover is taken
 from the segments beneath; a paste that would leave an instance with less than 40 % of its area
 is tried elsewhere. A few corrected images with a new class thus show it in many places, sizes
@@ -52,14 +53,16 @@ class CopyPaste:
     ):
         self.dataset, self.prob, self.seed, self.repeats = dataset, prob, seed, repeats
         self.meta = dataset.meta
-        self.pool: list[tuple[int, int]] = []  # (image index, segment id) of pasteable instances
+        # (image index, segment id) of the pasteable instances, by class
+        self.pool: dict[int, list[tuple[int, int]]] = {}
         for i in range(len(dataset)):
             _, segments = dataset.load_labels(i)
             for s in segments:
                 c = int(s["category_id"])
                 thing = from_class <= c < self.meta.num_classes and self.meta.isthing[c]
                 if thing and not s.get("iscrowd", 0):
-                    self.pool.append((i, int(s["id"])))
+                    self.pool.setdefault(c, []).append((i, int(s["id"])))
+        self.classes = sorted(self.pool)
         self._patches: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, int]] = {}
 
     def __len__(self) -> int:
@@ -77,7 +80,9 @@ class CopyPaste:
         image, id_map = smp.image.copy(), smp.id_map.copy()
         segments = [dict(s) for s in smp.segments]
         for _ in range(int(rng.integers(1, 3))):
-            patch = self._patch(self.pool[int(rng.integers(len(self.pool)))])
+            # class-balanced: a class first, then one of its instances
+            instances = self.pool[self.classes[int(rng.integers(len(self.classes)))]]
+            patch = self._patch(instances[int(rng.integers(len(instances)))])
             _paste(image, id_map, segments, patch, rng)
         areas = np.bincount(id_map.ravel(), minlength=max([s["id"] for s in segments] + [0]) + 1)
         segments = [{**s, "area": int(areas[s["id"]])} for s in segments if areas[s["id"]] > 0]

@@ -10,7 +10,9 @@ classes: the KL divergence of each query's class distribution (the teacher's K_o
 "no object"; probability the student gives a new class counts as divergence) and the binary cross
 entropy of each object query's mask against the teacher's soft mask. A query whose teacher mask
 lies mostly on ground truth of a new class (the thing the teacher could not know) is left out, so
-the new class is learnt from the labels alone.
+the new class is learnt from the labels alone. A student with more queries than the teacher
+(``model.num_queries`` raised for the fine-tune: the extra queries start fresh) is distilled on
+its first ones only; the extra queries are free to take the new classes.
 """
 
 from __future__ import annotations
@@ -112,11 +114,13 @@ def distill_losses(
     pairs = [(student, teacher)] + list(
         zip(student.get("aux_outputs") or [], teacher.get("aux_outputs") or [])
     )
+    q = teacher["pred_logits"].shape[1]  # the student may have more queries: the first q are old
     keep = (
         new_class_fraction(teacher["pred_masks"], targets, old_classes) <= NEW_CLASS_OVERLAP
     ).float()  # (B, Q)
     ce, mask = [], []
     for s, t in pairs:
+        s = {"pred_logits": s["pred_logits"][:, :q], "pred_masks": s["pred_masks"][:, :q]}
         s_logp = F.log_softmax(s["pred_logits"].float(), -1)  # (B, Q, K_new + 1)
         s_old = torch.cat([s_logp[..., :old_classes], s_logp[..., -1:]], -1)  # (B, Q, K_old + 1)
         t_p = F.softmax(t["pred_logits"].float(), -1)
