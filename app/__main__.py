@@ -17,6 +17,10 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 # name -> (module under app.commands, one-line help). Modules are imported only when run.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "import": ("import_", "add images or a labelled COCO dataset to a workspace"),
+    "export": ("export", "write a workspace's annotations as COCO panoptic or instances"),
+    "predict-all": ("predict_all", "predict every unseen image of a workspace (a job)"),
+    "status": ("status", "image counts by status and review; the most uncertain images"),
     "finetune": ("finetune", "fine-tune the model on the corrected images (the Train tab's job)"),
 }
 
@@ -31,8 +35,6 @@ def _available() -> dict[str, tuple[str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from maskformer.errors import UserError
-
     commands = _available()
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -41,11 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         importlib.import_module(f"app.commands.{module}").add_arguments(p)
     args = parser.parse_args(argv)
     module = importlib.import_module(f"app.commands.{commands[args.command][0]}")
-    try:
-        return int(module.run(args) or 0)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    from maskformer.__main__ import run_command
+
+    return run_command(module.run, args)
 
 
 if __name__ == "__main__":

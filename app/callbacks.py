@@ -1,70 +1,28 @@
-"""What the UI's events do, as plain functions over a shared AppContext and a per-user Session.
+"""What the Annotate tab's events do, as plain functions over a shared AppContext and a Session.
 
-No gradio here: ``app.ui`` wires these to components and turns ``UserError`` into ``gr.Warning``.
-Every function that changes the annotation goes through ``Session.push`` (one undo step).
+No gradio here: ``app.annotate_tab`` wires these to components and turns ``UserError`` into a
+warning. Every function that changes the annotation goes through ``Session.push`` (one undo step
+with a label). Canvas edits arrive in full-size image coordinates (``app.raster``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from app import editing, render, transfer
+from app import autosave, canvas, editing, raster, render, transfer
+from app.context import AppContext, ModelState, make_context
 from app.editing import Annotation, EditError
-from app.session import Session
-from app.store import Workspace
+from app.session import Merge, Session
+from app.uncertainty import image_uncertainty
 from maskformer.errors import ImageReadError, UserError
-from maskformer.inference import Prediction
 
-EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+__all__ = ["AppContext", "make_context"]
+
 THUMB_SIDE = 96  # gallery thumbnail size (longer side, pixels)
-EDITOR_MAX_SIDE = 768  # larger images are cropped around the segment in the brush editor
-ADD_COLOR = (50, 204, 112)  # brush colour that adds pixels to the segment
-REMOVE_COLOR = (204, 50, 50)  # brush colour that removes them
-
-
-@dataclass
-class AppContext:
-    """Shared by every user and read-only after start-up: the model and the workspace."""
-
-    predictor: Any
-    workspace: Workspace
-    meta: Any  # the model's DatasetMeta
-    class_categories: list[int]  # workspace category id of each model class
-    examples: list[Path] = field(default_factory=list)
-    model_version_id: int | None = None
-    default_score: float = 0.8
-    default_overlap: float = 0.8
-
-
-def make_context(
-    predictor: Any,
-    workspace: Workspace,
-    checkpoint: str | Path = "",
-    examples_dir: Path = EXAMPLES_DIR,
-) -> AppContext:
-    """Register the model's classes (and the checkpoint as a model version, made the active one:
-    the version the app serves, restored by the next start) in the workspace."""
-    meta = predictor.meta
-    version = next((v for v in workspace.model_versions() if v.path == str(checkpoint)), None)
-    if version is None and checkpoint:
-        version = workspace.add_model_version(checkpoint, active=True)
-    elif version is not None and not version.active:
-        workspace.set_active_model_version(version.id)
-    test = getattr(getattr(predictor, "cfg", None), "test", None)
-    return AppContext(
-        predictor=predictor,
-        workspace=workspace,
-        meta=meta,
-        class_categories=workspace.ensure_meta(meta),
-        examples=sorted(examples_dir.glob("*.png")) if examples_dir.is_dir() else [],
-        model_version_id=version.id if version else None,
-        default_score=float(getattr(test, "object_mask_threshold", 0.8)),
-        default_overlap=float(getattr(test, "overlap_threshold", 0.8)),
-    )
+MAX_BRUSH = 2000.0  # brush width limit in image pixels
 
 
 # ------------------------------------------------------------------------------------ opening
@@ -94,63 +52,93 @@ def open_example(ctx: AppContext, s: Session, name: str, score: float, overlap: 
 
 
 def open_image(ctx: AppContext, s: Session, image_id: int, score: float, overlap: float) -> Session:
-    """Run the model once on a workspace image and cache what every later view needs.
+    """Run the model once on a workspace image and keep what every later view needs.
 
-    A stored correction is opened as is; otherwise the model merge is stored as "predicted".
+    Unsaved edits of the image open before are stored first (autosave). A stored correction is
+    opened as is; otherwise the model merge is stored as "predicted".
     """
     ws = ctx.workspace
-    rec = ws.image(int(image_id))
+    rec = ws.image(int(image_id))  # an unknown id fails before anything changes
     image = ws.load_image(rec.id)
-    pred = ctx.predictor.predict(image)
-    s.start(rec.id, rec.name, image)
+    model = ctx.model
+    pred = model.predictor.predict(image)
+    autosave.flush(ctx, s)
+    s.start(rec.id, rec.name, image.shape[:2])
+    s.view = canvas.view_image(image, *canvas.display_size(*image.shape[:2]))
     s.prediction = pred
-    s.semantic = pred.semantic()
-    s.instances = pred.instances()
-    s.thumbs = _thumbnails(image, pred)
-    _merge(ctx, s, score, overlap)
+    s.model_version_id = model.version_id
+    pan = _merge(s, score, overlap)
     stored = ws.load_annotation(rec.id)
     if stored is not None and rec.status == "corrected":
         s.annotation = editing.make_annotation(stored[0], stored[1])
         s.edited = True
+        s.stored_status = "corrected"
     else:
-        s.annotation = merged_annotation(ctx, s)
+        s.annotation = merged_annotation(ctx, s, np.asarray(pan.panoptic_seg))
         ws.save_annotation(
             rec.id,
             s.annotation.id_map,
             list(s.annotation.segments),
             status="predicted",
             source="model",
-            model_version_id=ctx.model_version_id,
+            model_version_id=model.version_id,
         )
+        s.stored_status = rec.status if rec.status == "corrected" else "predicted"
+    # the review queue's score, from the merge just made (a second merge costs seconds at 12 MP)
+    ws.set_uncertainty(rec.id, image_uncertainty(_SameMerge(pred, pan), score, overlap))
+    s.message = f"Opened {rec.name} ({image.shape[1]}x{image.shape[0]})."
     return s
 
 
-def _thumbnails(image: np.ndarray, pred: Prediction) -> list[np.ndarray]:
-    h, w = render.thumbnail_size(*image.shape[:2], THUMB_SIDE)
-    return render.thumbnails(image, pred.thumbnail_probs(h, w).numpy())  # (Q, h, w)
+class _SameMerge:
+    """A ``Prediction`` whose ``panoptic`` at the given thresholds is an already made result."""
+
+    def __init__(self, pred: Any, pan: Any):
+        self._pred, self._pan = pred, pan
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pred, name)
+
+    def panoptic(self, score: float | None = None, overlap: float | None = None) -> Any:
+        return self._pan
+
+
+def inspect_prediction(ctx: AppContext, s: Session) -> Session:
+    """The part of opening done after the canvas shows: the query thumbnails."""
+    s.require_image()
+    h, w = render.thumbnail_size(*s.image_hw, THUMB_SIDE)
+    small = canvas.view_image(s.view, h, w)
+    s.thumbs = np.stack(render.thumbnails(small, s.prediction.thumbnail_probs(h, w).numpy()))
+    return s
 
 
 # ------------------------------------------------------------------------------------ merging
 
 
-def _merge(ctx: AppContext, s: Session, score: float, overlap: float) -> None:
+def _merge(s: Session, score: float, overlap: float) -> Any:
+    """Merge at new thresholds; returns the engine's ``PanopticResult`` (the session keeps only
+    its segment list: its full-size map becomes the annotation or is dropped)."""
     s.score_threshold, s.overlap_threshold = float(score), float(overlap)
-    # The engine's own merge on cached sigmoid probabilities and mask areas: no model run, and
-    # exactly what `predict` / `evaluate` compute at these thresholds.
-    s.merged = s.prediction.panoptic(float(score), float(overlap))
+    # The engine's own merge on the cached outputs: no model run, and exactly what
+    # `predict` / `evaluate` compute at these thresholds.
+    pan = s.prediction.panoptic(float(score), float(overlap))
+    s.merged = Merge(list(pan.segments), list(pan.dropped), float(score), float(overlap))
+    return pan
 
 
 def prediction_categories(ctx: AppContext, s: Session) -> list[int]:
     """Workspace category id of each class of the model that made ``s.prediction``: after a model
     switch an open image keeps the classes of the model that predicted it."""
     meta = s.prediction.meta
-    if meta == ctx.meta:
-        return ctx.class_categories
+    model: ModelState = ctx.model
+    if meta == model.meta:
+        return list(model.class_categories)
     return ctx.workspace.ensure_meta(meta)
 
 
-def merged_annotation(ctx: AppContext, s: Session) -> Annotation:
-    """The current merge as an editable annotation (model classes -> workspace categories)."""
+def merged_annotation(ctx: AppContext, s: Session, merge_map: np.ndarray) -> Annotation:
+    """The current merge (``s.merged`` and its id map) as an editable annotation (model classes
+    -> workspace categories)."""
     cats = prediction_categories(ctx, s)
     segs = [
         {
@@ -162,29 +150,33 @@ def merged_annotation(ctx: AppContext, s: Session) -> Annotation:
         }
         for g in s.merged.segments
     ]
-    return editing.make_annotation(s.merged.panoptic_seg.numpy(), segs)
+    return editing.make_annotation(merge_map, segs)
 
 
 def remerge(ctx: AppContext, s: Session, score: float, overlap: float) -> Session:
     """Re-merge the cached outputs at new thresholds (no model run).
 
-    The annotation follows the merge until the user edits it; after that only the model views
+    The annotation follows the merge until the user edits it; after that only the model's views
     change ("Reset to model" brings the merge back as an undoable step).
     """
     if s.prediction is None:
         s.score_threshold, s.overlap_threshold = float(score), float(overlap)
         return s
-    _merge(ctx, s, score, overlap)
-    if not s.edited:
-        s.annotation = merged_annotation(ctx, s)
-        s.selected = s.selected if s.selected in s.annotation.ids else None
+    merge_map = np.asarray(_merge(s, score, overlap).panoptic_seg)
+    if s.edited:
+        s.touch(f"Merged at score {score:.2f}, overlap {overlap:.2f}; your edits are kept.")
+        return s
+    with s.lock:
+        s.annotation = merged_annotation(ctx, s, merge_map)
+        s.dirty = True  # the stored prediction follows the sliders (autosave)
+    s.touch(f"Merged at score {score:.2f}, overlap {overlap:.2f}.")
     return s
 
 
 def reset_to_model(ctx: AppContext, s: Session) -> Session:
     s.require_image()
-    s.push(merged_annotation(ctx, s))
-    s.edited = False
+    merge_map = np.asarray(_merge(s, s.score_threshold, s.overlap_threshold).panoptic_seg)
+    s.push(merged_annotation(ctx, s, merge_map), "reset to the model's merge", edited=False)
     return s
 
 
@@ -194,6 +186,8 @@ def reset_to_model(ctx: AppContext, s: Session) -> Session:
 def _segment_id(s: Session, seg_id: Any, what: str = "segment") -> int:
     s.require_image()
     if seg_id is None or seg_id == "":
+        if what == "segment" and s.selected is not None:
+            return s.selected
         raise EditError(f"select a {what} first")
     try:
         sid = int(seg_id)
@@ -203,41 +197,65 @@ def _segment_id(s: Session, seg_id: Any, what: str = "segment") -> int:
     return sid
 
 
-def category_for(ctx: AppContext, name: str | None, isthing_if_new: bool) -> tuple[int, bool]:
-    """(workspace category id, isthing) by name; an unknown name creates a new category."""
-    name = (name or "").strip()
+def category_for(ctx: AppContext, cls: Any, isthing_if_new: bool = True) -> tuple[int, bool, str]:
+    """(workspace category id, isthing, name) of a category given by id or by name; an unknown
+    name creates a new category."""
+    if isinstance(cls, (int, np.integer)) and not isinstance(cls, bool):
+        cat = ctx.workspace.category(int(cls))
+        return cat.id, cat.isthing, cat.name
+    name = str(cls or "").strip()
     if not name:
         raise EditError("choose a class, or type a new class name")
     cat = ctx.workspace.category_by_name(name)
     if cat is None:
         cat = ctx.workspace.add_category(name, isthing=bool(isthing_if_new))
-    return cat.id, cat.isthing
+    return cat.id, cat.isthing, cat.name
+
+
+def _name(ctx: AppContext, category_id: int) -> str:
+    return ctx.workspace.category(category_id).name
 
 
 def select_segment(s: Session, seg_id: Any) -> Session:
     s.selected = None if seg_id in (None, "") else _segment_id(s, seg_id)
+    s.touch()
+    return s
+
+
+def select_at(s: Session, x: float, y: float) -> Session:
+    """Select the segment under image point (x, y) (full-size pixels); void clears it."""
+    s.require_image()
+    h, w = s.image_hw
+    col, row = int(np.floor(float(x))), int(np.floor(float(y)))
+    if not (0 <= col < w and 0 <= row < h):
+        raise EditError(f"point ({x}, {y}) lies outside the {w}x{h} image")
+    sid = int(s.annotation.id_map[row, col])
+    s.selected = sid or None
+    s.touch()
     return s
 
 
 def relabel_segment(
-    ctx: AppContext, s: Session, seg_id: Any, class_name: str | None, isthing_if_new: bool = True
+    ctx: AppContext, s: Session, seg_id: Any, cls: Any, isthing_if_new: bool = True
 ) -> Session:
     sid = _segment_id(s, seg_id)
-    cat_id, isthing = category_for(ctx, class_name, isthing_if_new)
-    s.push(editing.relabel(s.annotation, sid, cat_id, isthing))
+    cat_id, isthing, name = category_for(ctx, cls, isthing_if_new)
+    s.push(editing.relabel(s.annotation, sid, cat_id, isthing), f"relabel {sid} → {name}")
     s.selected = sid
     return s
 
 
 def delete_segment(s: Session, seg_id: Any) -> Session:
-    s.push(editing.delete(s.annotation, _segment_id(s, seg_id)))
+    sid = _segment_id(s, seg_id)
+    s.push(editing.delete(s.annotation, sid), f"delete {sid}")
     return s
 
 
 def merge_segments(s: Session, keep_id: Any, other_id: Any) -> Session:
+    """Merge ``other_id`` into ``keep_id`` (which keeps its class)."""
     keep = _segment_id(s, keep_id)
     other = _segment_id(s, other_id, "second segment to merge")
-    s.push(editing.merge(s.annotation, keep, other))
+    s.push(editing.merge(s.annotation, keep, other), f"merge {other} → {keep}")
     s.selected = keep
     return s
 
@@ -247,7 +265,8 @@ def split_segment(s: Session, seg_id: Any) -> Session:
     new = editing.split(s.annotation, sid)
     if new is s.annotation:
         raise EditError(f"segment {sid} is one connected part; nothing to split")
-    s.push(new)
+    parts = len(new.segments) - len(s.annotation.segments) + 1
+    s.push(new, f"split {sid} into {parts} parts")
     s.selected = sid
     return s
 
@@ -273,7 +292,7 @@ def accept_query(ctx: AppContext, s: Session, query: Any) -> Session:
         query=q,
         score=float(probs[label]),
     )
-    s.push(ann)
+    s.push(ann, f"accept query {q} as segment {sid}")
     s.selected = sid
     return s
 
@@ -288,16 +307,77 @@ def swap_second_class(ctx: AppContext, s: Session, seg_id: Any) -> Session:
     if probs.numel() < 2:
         raise EditError("the model has only one class")
     second = int(probs.topk(2).indices[1])
-    s.push(
-        editing.relabel(
-            s.annotation,
-            sid,
-            prediction_categories(ctx, s)[second],
-            bool(s.prediction.meta.isthing[second]),
-        )
-    )
+    cat = prediction_categories(ctx, s)[second]
+    ann = editing.relabel(s.annotation, sid, cat, bool(s.prediction.meta.isthing[second]))
+    s.push(ann, f"2nd class for {sid} → {_name(ctx, cat)}")
     s.selected = sid
     return s
+
+
+def _shape_edit(
+    ctx: AppContext,
+    s: Session,
+    part: tuple[np.ndarray, raster.Box] | None,
+    mode: str,
+    seg_id: Any,
+    cls: Any,
+    tool: str,
+) -> Session:
+    """Apply a rasterised stroke / polygon: add to or erase from a segment, paint a new segment
+    of class ``cls`` (add, nothing selected) or erase from every segment (erase, nothing selected).
+    """
+    if mode not in ("add", "erase"):
+        raise EditError(f"unknown {tool} mode {mode!r}; expected 'add' or 'erase'")
+    if part is None:
+        raise EditError(f"the {tool} covers no pixel of the image")
+    mask = raster.paste(s.image_hw, part)
+    empty = np.zeros_like(mask)
+    if seg_id not in (None, ""):
+        sid = _segment_id(s, seg_id)
+        add, remove = (mask, empty) if mode == "add" else (empty, mask)
+        verb = "on" if mode == "add" else "erased from"
+        s.push(editing.edit_mask(s.annotation, sid, add, remove), f"{tool} {verb} {sid}")
+        s.selected = sid if sid in s.annotation.ids else None
+    elif mode == "add":
+        if cls in (None, ""):
+            raise EditError("pick a class for the new segment (keys 1-9, or the class list)")
+        cat_id, isthing, name = category_for(ctx, cls)
+        ann, sid = editing.add_segment(s.annotation, mask, cat_id, isthing)
+        s.push(ann, f"new segment {sid} ({name}, {tool})")
+        s.selected = sid
+    else:
+        id_map = s.annotation.id_map.copy()
+        id_map[mask] = 0
+        s.push(editing.make_annotation(id_map, s.annotation.segments), f"{tool} erased")
+    return s
+
+
+def brush(
+    ctx: AppContext,
+    s: Session,
+    points: Any,
+    width: float,
+    mode: str = "add",
+    seg_id: Any = None,
+    cls: Any = None,
+) -> Session:
+    """A brush stroke: the polyline ``points`` ([x, y] in image pixels) of ``width`` pixels."""
+    s.require_image()
+    width = float(width)
+    if not 0 < width <= MAX_BRUSH:
+        raise EditError(f"the brush width must lie in (0, {MAX_BRUSH:g}] pixels, got {width:g}")
+    part = raster.stroke_mask(s.image_hw, points or [], width)
+    return _shape_edit(ctx, s, part, mode, seg_id, cls, "brush" if mode == "add" else "eraser")
+
+
+def polygon(
+    ctx: AppContext, s: Session, points: Any, mode: str = "add", seg_id: Any = None, cls: Any = None
+) -> Session:
+    """A polygon (``points`` in image pixels, closed automatically)."""
+    s.require_image()
+    return _shape_edit(
+        ctx, s, raster.polygon_mask(s.image_hw, points or []), mode, seg_id, cls, "polygon"
+    )
 
 
 def undo(s: Session) -> Session:
@@ -311,132 +391,12 @@ def redo(s: Session) -> Session:
 
 
 def save(ctx: AppContext, s: Session) -> str:
-    """Store the annotation as the image's correction (one transaction)."""
+    """Store the annotation as the image's correction, edited or not (one transaction)."""
     s.require_image()
-    ann = s.annotation
-    ctx.workspace.save_annotation(
-        s.image_id,
-        ann.id_map,
-        list(ann.segments),
-        status="corrected",
-        source="user",
-        model_version_id=ctx.model_version_id,
-    )
-    s.dirty = False
-    s.edited = True
-    return f"Saved {len(ann.segments)} segments of image {s.image_id} ({s.image_name})."
-
-
-# ------------------------------------------------------------------------------------ brush
-
-
-def editor_value(ctx: AppContext, s: Session) -> dict[str, Any] | None:
-    """Brush editor content: the selected segment burned into the background (no layers: a
-    preloaded layer is not drawn by gradio 6.31's editor, see GRADIO_NOTES section 5).
-
-    Big images are cropped around the segment; ``s.editor_window`` remembers where.
-    """
-    if s.image is None or s.annotation is None:
-        s.editor_window = None
-        return None
-    h, w = s.image.shape[:2]
-    mask = s.annotation.mask(s.selected) if s.selected is not None else None
-    y0, x0, y1, x1 = 0, 0, h, w
-    if mask is not None and max(h, w) > EDITOR_MAX_SIDE:
-        ys, xs = np.nonzero(mask)
-        my, mx = max(16, (np.ptp(ys) + 1) // 4), max(16, (np.ptp(xs) + 1) // 4)
-        y0, y1 = max(0, ys.min() - my), min(h, ys.max() + 1 + my)
-        x0, x1 = max(0, xs.min() - mx), min(w, xs.max() + 1 + mx)
-    s.editor_window = (int(y0), int(x0), int(y1), int(x1))
-    color = ADD_COLOR
-    if s.selected is not None:
-        cats = {c.id: c for c in ctx.workspace.categories()}
-        cat = cats.get(int(s.annotation.segment(s.selected)["category_id"]))
-        color = cat.color if cat else ADD_COLOR
-    crop = np.s_[y0:y1, x0:x1]
-    bg = render.burn_segment(
-        s.image[crop], None if mask is None else mask[crop], color, s.annotation.id_map[crop]
-    )
-    return {"background": bg, "layers": [], "composite": bg}
-
-
-def strokes(value: dict[str, Any] | None, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Split the editor's painted pixels into (add, remove) (h, w) bool masks by brush colour.
-
-    Painted = alpha > 127 in a layer (strokes are antialiased at their rim), or, in the flattened
-    ``composite``, a pixel closer to a brush colour than to the background we sent: gradio 6.31's
-    editor does not always return its stroke layer after the background was replaced, but its
-    composite always holds the strokes.
-    """
-    value = value or {}
-    add, remove = np.zeros(shape, bool), np.zeros(shape, bool)
-    for layer in [np.asarray(x) for x in value.get("layers") or [] if x is not None]:
-        _check_rgba(layer, shape, "brush layer")
-        a, r = _by_colour(layer[..., :3], layer[..., 3] > 127)
-        add |= a
-        remove |= r
-    bg, comp = value.get("background"), value.get("composite")
-    if bg is not None and comp is not None:
-        bg, comp = np.asarray(bg), np.asarray(comp)
-        _check_rgba(bg, shape, "editor background")
-        _check_rgba(comp, shape, "editor composite")
-        rgb = comp[..., :3].astype(np.int32)
-        d_bg = ((rgb - bg[..., :3]) ** 2).sum(-1)
-        d_brush = np.minimum(_dist2(rgb, ADD_COLOR), _dist2(rgb, REMOVE_COLOR))
-        a, r = _by_colour(comp[..., :3], d_brush < d_bg)
-        add |= a
-        remove |= r
-    return add, remove
-
-
-def _dist2(rgb: np.ndarray, color: tuple[int, int, int]) -> np.ndarray:
-    return ((rgb.astype(np.int32) - np.array(color)) ** 2).sum(-1)
-
-
-def _by_colour(rgb: np.ndarray, painted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(add, remove): painted pixels nearer the add colour, and those nearer the remove colour."""
-    d_add, d_rem = _dist2(rgb, ADD_COLOR), _dist2(rgb, REMOVE_COLOR)
-    return painted & (d_add <= d_rem), painted & (d_rem < d_add)
-
-
-def _check_rgba(a: np.ndarray, shape: tuple[int, int], what: str) -> None:
-    if a.ndim != 3 or a.shape[2] != 4:
-        raise EditError(f"the {what} has shape {a.shape}; expected (H, W, 4) RGBA")
-    if a.shape[:2] != tuple(shape):
-        raise EditError(
-            "the brush strokes do not match the editor image; select the segment again and repaint"
-        )
-
-
-def apply_brush(
-    ctx: AppContext,
-    s: Session,
-    value: dict[str, Any] | None,
-    class_name: str | None,
-    isthing_if_new: bool = True,
-) -> Session:
-    """Apply the strokes: edit the selected segment, or with none selected draw a new segment of
-    ``class_name`` from the 'add' strokes."""
-    s.require_image()
-    if s.editor_window is None:
-        raise EditError("the brush editor is not ready; select a segment (or none) first")
-    y0, x0, y1, x1 = s.editor_window
-    add_c, rem_c = strokes(value, (y1 - y0, x1 - x0))
-    if not add_c.any() and not rem_c.any():
-        raise EditError("nothing painted: paint with the green (add) or red (remove) brush first")
-    full = s.annotation.id_map.shape
-    add, remove = np.zeros(full, bool), np.zeros(full, bool)
-    add[y0:y1, x0:x1], remove[y0:y1, x0:x1] = add_c, rem_c
-    if s.selected is None:
-        cat_id, isthing = category_for(ctx, class_name, isthing_if_new)
-        ann, sid = editing.add_segment(s.annotation, add & ~remove, cat_id, isthing)
-        s.push(ann)
-        s.selected = sid
-    else:
-        sid = s.selected
-        s.push(editing.edit_mask(s.annotation, sid, add, remove))
-        s.selected = sid if sid in s.annotation.ids else None
-    return s
+    autosave.store(ctx, s, force_corrected=True)
+    n = len(s.annotation.segments)
+    s.touch(f"Saved {n} segments of {s.image_name} as corrected.")
+    return f"Saved {n} segments of image {s.image_id} ({s.image_name})."
 
 
 # ------------------------------------------------------------------------------------ workspace

@@ -126,9 +126,10 @@ def base_predictor(path: str, meta: DatasetMeta, device: str) -> Any:
     from maskformer.checkpoint import load_model
     from maskformer.inference import Predictor
 
-    model = load_model(path, device=device, meta=meta)
+    loaded = load_model(path, device=device, meta=meta)
+    model = loaded.model
     old_k = _base_classes(path)
-    if tuple(model.meta.class_names[:old_k]) != tuple(meta.class_names[:old_k]):
+    if tuple(loaded.meta.class_names[:old_k]) != tuple(meta.class_names[:old_k]):
         raise UserError(
             f"the fine-tune classes do not start with the base model's classes ({path})"
         )
@@ -138,7 +139,7 @@ def base_predictor(path: str, meta: DatasetMeta, device: str) -> Any:
                 p[old_k : meta.num_classes].zero_()  # (K_new - K_old, D); row K stays no-object
             elif name.endswith("class_embed.bias"):
                 p[old_k : meta.num_classes] = _DISABLED_LOGIT
-    return Predictor(model, device=device)
+    return Predictor(model, cfg=loaded.cfg, meta=loaded.meta, device=device)
 
 
 def _base_classes(path: str) -> int:
@@ -270,7 +271,7 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
     write_phase(job_dir, "after", "scoring the fine-tuned model on the held-out images")
     from maskformer.inference import Predictor
 
-    after = score(Predictor(str(final), device=spec.device), held_dir, names)
+    after = score(Predictor.from_checkpoint(str(final), device=spec.device), held_dir, names)
     clock.lap("after")
     write_phase(job_dir, "register", "judging and saving the new model version")
     old = set(meta.class_names[: spec.base_classes])

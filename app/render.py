@@ -1,4 +1,4 @@
-"""Pictures the app shows: segment overlays, probability heatmaps, thumbnails, instance boxes."""
+"""Pictures the app makes on the server: query heatmap thumbnails, the instance view, colours."""
 
 from __future__ import annotations
 
@@ -25,40 +25,6 @@ def jitter(color: RGB, seed: int, amount: int = 48) -> RGB:
     rng = np.random.default_rng(seed)
     delta = rng.integers(-amount, amount + 1, size=3)
     return tuple(int(v) for v in np.clip(np.array(color) + delta, 0, 255))  # type: ignore[return-value]
-
-
-def colorize(id_map: np.ndarray, colors: dict[int, RGB]) -> np.ndarray:
-    """(H, W) ids -> (H, W, 3) uint8, void and unknown ids black."""
-    lut = np.zeros((max(colors, default=0) + 1, 3), np.uint8)
-    for i, c in colors.items():
-        lut[i] = c
-    ids = np.where((id_map >= 0) & (id_map < len(lut)), id_map, 0)
-    return lut[ids]  # (H, W, 3)
-
-
-def boundaries(id_map: np.ndarray) -> np.ndarray:
-    """(H, W) bool: pixels whose right or lower neighbour has another id."""
-    edge = np.zeros(id_map.shape, bool)
-    edge[:, :-1] |= id_map[:, :-1] != id_map[:, 1:]
-    edge[:-1, :] |= id_map[:-1, :] != id_map[1:, :]
-    return edge
-
-
-def overlay(
-    image: np.ndarray,
-    id_map: np.ndarray,
-    colors: dict[int, RGB],
-    alpha: float = 0.5,
-    edges: bool = True,
-) -> np.ndarray:
-    """Blend segment colours over the image; void stays as is; optional white boundaries."""
-    colored = colorize(id_map, colors).astype(np.float32)
-    out = image.astype(np.float32)
-    fg = id_map > 0
-    out[fg] = out[fg] * (1 - alpha) + colored[fg] * alpha
-    if edges:
-        out[boundaries(id_map) & fg] = 255
-    return out.round().astype(np.uint8)
 
 
 def colormap(values: np.ndarray) -> np.ndarray:
@@ -111,19 +77,3 @@ def instance_overlay(
         draw.rectangle((x0, y0, x1, y1), outline=tuple(colors[i]), width=2)
         draw.text((x0 + 3, y0 + 2), captions[i], fill=(255, 255, 255))
     return np.asarray(pil)
-
-
-def burn_segment(
-    image: np.ndarray, mask: np.ndarray | None, color: RGB, others: np.ndarray | None = None
-) -> np.ndarray:
-    """Editor background: RGBA image with the segment at 50 % of its colour and a dim outline of
-    the other segments (``others`` = (H, W) ids or None)."""
-    out = image.astype(np.float32)
-    if others is not None:
-        out[boundaries(others) & (others > 0)] *= 0.4
-    if mask is not None and mask.any():
-        out[mask] = out[mask] * 0.5 + np.array(color, np.float32) * 0.5
-        out[boundaries(mask.astype(np.int8)) & mask] = 255
-    rgb = out.round().astype(np.uint8)
-    alpha = np.full((*rgb.shape[:2], 1), 255, np.uint8)
-    return np.concatenate([rgb, alpha], -1)  # (H, W, 4)

@@ -5,10 +5,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
+import math
+import shutil
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,12 +21,30 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from app.store_fs import (
+    BUSY_WAIT,
+    FILES_LOCK,
+    READ_ONLY,
+    WorkspaceError,
+    WorkspaceFullError,  # noqa: F401 -- the workspace's errors are imported from here
+    WorkspaceLockedError,
+    WorkspaceReadOnlyError,
+    explain,
+    flock,
+    read_only_uri,
+    sqlite_code,
+    writable,
+    write_file,
+)
 from maskformer.config import DatasetMeta, default_colors
-from maskformer.data.coco import atomic_write_bytes, id2rgb, png_bytes, rgb2id
+from maskformer.data.coco import id2rgb, png_bytes, rgb2id
 from maskformer.errors import ImageReadError, UserError
 from maskformer.image_io import load_image
 
+log = logging.getLogger(__name__)
+
 STATUSES = ("unseen", "predicted", "corrected")
+REVIEWS = ("accepted", "needs-changes")  # a reviewer's verdict on an image, as CVAT has
 _FORMAT_EXT = {
     "PNG": ".png",
     "JPEG": ".jpg",
@@ -68,9 +90,28 @@ CREATE TABLE IF NOT EXISTS annotations (
 );
 """
 
+# Columns added after the first schema: ``_migrate`` adds the missing ones to an existing file
+# (``ALTER TABLE ... ADD COLUMN``; existing rows get NULL), so old workspaces open unchanged.
+ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "images": (
+        ("review", "TEXT CHECK (review IS NULL OR review IN ('accepted', 'needs-changes'))"),
+        ("reviewed", "TEXT"),  # ISO time of the review verdict
+        (
+            "uncertainty",
+            "REAL",
+        ),  # app.uncertainty score of the stored prediction; higher = less sure
+    ),
+}
 
-class WorkspaceError(UserError):
-    """A workspace operation that cannot be done (unknown image or category, bad annotation)."""
+
+def _column(row: sqlite3.Row, name: str) -> Any:
+    """``row[name]``, or None where the file predates the column (``ADDED_COLUMNS``)."""
+    return row[name] if name in row.keys() else None  # noqa: SIM118 (Row "in" tests values)
+
+
+# Names go into every response that lists classes or images: bounded, printable, one line.
+MAX_CATEGORY_NAME = 100
+MAX_IMAGE_NAME = 255
 
 
 @dataclass(frozen=True)
@@ -83,6 +124,11 @@ class ImageRecord:
     height: int
     status: str
     counts: dict[str, int] = field(default_factory=dict)  # category name -> segments
+    review: str | None = None  # "accepted" | "needs-changes" | None (not reviewed)
+    reviewed: str | None = None  # ISO time of the review, None when not reviewed
+    uncertainty: float | None = (
+        None  # model uncertainty of the stored prediction (higher: less sure)
+    )
 
 
 @dataclass(frozen=True)
@@ -128,20 +174,43 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def check_category_name(name: str) -> str:
+    """The name stripped; WorkspaceError if it is empty, too long or has control characters."""
+    name = str(name).strip()
+    if not name:
+        raise WorkspaceError("a category name may not be empty")
+    if len(name) > MAX_CATEGORY_NAME:
+        raise WorkspaceError(
+            f"category name {name[:40]!r}... is {len(name)} characters long; the limit is "
+            f"{MAX_CATEGORY_NAME}"
+        )
+    if not name.isprintable():
+        raise WorkspaceError(f"category name {name[:40]!r} has control characters")
+    return name
+
+
+def image_name(name: str) -> str:
+    """A file name as shown and stored: its last part, printable, at most MAX_IMAGE_NAME chars."""
+    name = "".join(c if c.isprintable() else "_" for c in Path(str(name)).name) or "image"
+    if len(name) > MAX_IMAGE_NAME:
+        suffix = Path(name).suffix[:16]
+        name = name[: MAX_IMAGE_NAME - len(suffix)] + suffix
+    return name
+
+
 def prepare_image(data: bytes, name: str) -> NewImage:
     """Decode ``data`` once (``load_image`` rejects empty, corrupt, oversized files) and hash it."""
+    name = image_name(name)
     try:
         h, w = load_image(bytes(data)).shape[:2]
     except ImageReadError as e:
-        raise ImageReadError(f"{Path(name).name}: {e}") from None
+        raise ImageReadError(f"{name}: {e}") from None
     with Image.open(io.BytesIO(data)) as im:
         ext = _FORMAT_EXT.get(im.format or "", "")
     if not ext:  # a format we decode but do not keep as is: store a lossless PNG
         data = png_bytes(load_image(bytes(data)))
         ext = ".png"
-    return NewImage(
-        bytes(data), Path(name).name or "image", hashlib.sha256(data).hexdigest(), ext, h, w
-    )
+    return NewImage(bytes(data), name, hashlib.sha256(data).hexdigest(), ext, h, w)
 
 
 def encode_id_map(id_map: np.ndarray) -> bytes:
@@ -159,48 +228,188 @@ class Workspace:
     """A folder with ``workspace.sqlite`` and ``images/``; safe to share between threads.
 
     Every method that writes runs in one ``BEGIN IMMEDIATE`` transaction, so a crash leaves either
-    the old or the new state. Image files are written (atomically) before the row that names them.
+    the old or the new state. Image files are written (atomically) before the row that names them;
+    files a crash left unreferenced are removed the next time the workspace is opened.
+
+    A workspace that cannot be written (a read-only file system, no permission) opens read-only:
+    everything can be viewed and exported to another folder, and every write raises
+    ``WorkspaceReadOnlyError``. ``read_only=True`` asks for that mode explicitly.
     """
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, *, read_only: bool = False, lock_timeout: float = 30.0):
         self.root = Path(root)
-        (self.root / "images").mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / "workspace.sqlite"
+        self.lock_timeout = float(lock_timeout)
         self._lock = threading.Lock()  # one writer at a time inside this process
-        with self._connect() as con:
-            con.execute("PRAGMA journal_mode=WAL")
-            con.executescript(SCHEMA)
+        self.read_only = read_only or not writable(self.root, self.db_path)
+        if self.read_only:
+            if not self.db_path.is_file():
+                raise WorkspaceReadOnlyError(
+                    f"{self.root}: cannot create a workspace here (read-only or no permission)"
+                )
+            self._ro_uri = read_only_uri(self.db_path)
+            self.cleaned: list[str] = []
+            return
+        (self.root / "images").mkdir(parents=True, exist_ok=True)
+        self._create_schema()
+        self._migrate()
+        self.cleaned = self.cleanup()  # what an interrupted import or export left
+
+    def _create_schema(self) -> None:
+        deadline = time.monotonic() + self.lock_timeout
+        while True:
+            try:
+                con = self._connect()
+                try:
+                    con.execute("PRAGMA journal_mode=WAL")
+                    con.executescript(SCHEMA)
+                finally:
+                    con.close()
+                return
+            except sqlite3.DatabaseError as e:
+                locked = sqlite_code(e) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+                if not locked or time.monotonic() >= deadline:
+                    raise explain(e, self.root) from None
+
+    def check_writable(self) -> None:
+        """Raise WorkspaceReadOnlyError (one sentence) if this workspace opened read-only."""
+        if self.read_only:
+            raise WorkspaceReadOnlyError(READ_ONLY.format(root=self.root))
+
+    def _migrate(self) -> None:
+        """Add the columns of ``ADDED_COLUMNS`` that an older workspace file lacks (a read when
+        nothing is missing, one transaction otherwise)."""
+
+        def missing(con: sqlite3.Connection) -> list[tuple[str, str, str]]:
+            out = []
+            for table, columns in ADDED_COLUMNS.items():
+                have = {r["name"] for r in con.execute(f"PRAGMA table_info({table})")}
+                out += [(table, name, decl) for name, decl in columns if name not in have]
+            return out
+
+        con = self._connect()
+        try:
+            todo = missing(con)
+        finally:
+            con.close()
+        if todo:
+            with self._tx() as con:
+                for table, name, decl in missing(con):  # again, under the write lock
+                    con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
 
     # ---------------------------------------------------------------- connections
 
     def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(
-            self.db_path, timeout=30, isolation_level=None, check_same_thread=False
-        )
+        if self.read_only:
+            con = sqlite3.connect(
+                self._ro_uri, uri=True, isolation_level=None, check_same_thread=False
+            )
+        else:
+            con = sqlite3.connect(
+                self.db_path, timeout=BUSY_WAIT, isolation_level=None, check_same_thread=False
+            )
         con.execute("PRAGMA foreign_keys=ON")
         con.row_factory = sqlite3.Row
         return con
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction; SQLite's errors become WorkspaceErrors that say
+        what happened (locked, disk full, read-only), never the rollback's own complaint."""
+        self.check_writable()
         with self._lock:
             con = self._connect()
             try:
-                con.execute("BEGIN IMMEDIATE")
-                yield con
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+                self._begin(con)
+                try:
+                    yield con
+                    con.execute("COMMIT")
+                except BaseException:
+                    if con.in_transaction:  # SQLite may have rolled back already (disk full)
+                        with suppress(sqlite3.Error):
+                            con.execute("ROLLBACK")
+                    raise
+            except sqlite3.DatabaseError as e:
+                raise explain(e, self.root) from None
             finally:
                 con.close()
 
+    def _begin(self, con: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE, retried while another process holds the lock, up to lock_timeout."""
+        deadline = time.monotonic() + self.lock_timeout
+        warned = False
+        while True:
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as e:
+                if sqlite_code(e) not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise WorkspaceLockedError(
+                        f"the workspace is locked by another process (retried for "
+                        f"{self.lock_timeout:g} s); nothing was changed: try again"
+                    ) from None
+                if not warned:
+                    log.warning("the workspace is locked by another process (retrying)")
+                    warned = True
+
     def _read(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        con = self._connect()
         try:
-            return con.execute(sql, tuple(args)).fetchall()
-        finally:
-            con.close()
+            con = self._connect()
+            try:
+                return con.execute(sql, tuple(args)).fetchall()
+            finally:
+                con.close()
+        except sqlite3.DatabaseError as e:
+            raise explain(e, self.root) from None
+
+    # ---------------------------------------------------------------- files
+
+    @contextmanager
+    def writing_files(self) -> Iterator[None]:
+        """Held (shared, by any number of writers in any process) while files are written into
+        the workspace and registered: image files, export and unpack folders. ``cleanup`` runs
+        only when no one holds it, so it never removes a file a live writer is about to use."""
+        if self.read_only:
+            yield
+            return
+        with flock(self.root / FILES_LOCK, shared=True, wait=True):
+            yield
+
+    def cleanup(self) -> list[str]:
+        """Remove what interrupted writes left: image files no row names, temp files, export and
+        unpack folders that were never renamed into place.
+
+        Skipped (returns []) while any process is writing files into this workspace
+        (``writing_files``). Returns the removed paths, relative to the root.
+        """
+        if self.read_only:
+            return []
+        removed: list[str] = []
+        with flock(self.root / FILES_LOCK, shared=False, wait=False) as got:
+            if not got:
+                return []
+            known = {r["file"] for r in self._read("SELECT file FROM images")}
+            for f in sorted((self.root / "images").iterdir()):
+                rel = f"images/{f.name}"
+                if f.is_file() and rel not in known:
+                    f.unlink(missing_ok=True)
+                    removed.append(rel)
+            for folder, hidden_only in (("exports", True), (".imports", False)):
+                if not (self.root / folder).is_dir():
+                    continue
+                for f in sorted((self.root / folder).iterdir()):
+                    if hidden_only and not f.name.startswith("."):
+                        continue  # a finished export
+                    if f.is_dir():
+                        shutil.rmtree(f, ignore_errors=True)
+                    else:
+                        f.unlink(missing_ok=True)
+                    removed.append(f"{folder}/{f.name}")
+        if removed:
+            log.info("workspace %s: removed %d leftover file(s)", self.root, len(removed))
+        return removed
 
     # ---------------------------------------------------------------- images
 
@@ -222,26 +431,47 @@ class Workspace:
         Annotated images get status "corrected" (imported labels are treated as ground truth).
         """
         annotations = annotations or [None] * len(images)
-        for img in images:  # files first: a crash leaves at most an unreferenced file
-            path = self.root / "images" / f"{img.sha256}{img.ext}"
-            if not path.exists():
-                atomic_write_bytes(path, img.data)
-        ids = []
-        with self._tx() as con:
-            cat_ids = None
-            if meta is not None:
-                cat_ids = [self._ensure_category(con, *spec) for spec in _meta_specs(meta)]
-            for img, ann in zip(images, annotations):
-                image_id = self._insert_image(con, img)
-                if ann is not None:
-                    segs = ann.segments
-                    if cat_ids is not None:
-                        segs = [{**s, "category_id": cat_ids[int(s["category_id"])]} for s in segs]
-                    self._write_annotation(
-                        con, image_id, ann.id_map, segs, "corrected", "import", None
-                    )
-                ids.append(image_id)
+        self.check_writable()
+        ids: list[int] = []
+        with self.writing_files():
+            written = []
+            try:
+                for img in images:  # files first: a crash leaves at most an unreferenced file
+                    path = self.root / "images" / f"{img.sha256}{img.ext}"
+                    if not path.exists():
+                        write_file(path, img.data)
+                        written.append(path)
+                with self._tx() as con:
+                    cat_ids = None
+                    if meta is not None:
+                        cat_ids = [self._ensure_category(con, *spec) for spec in _meta_specs(meta)]
+                    for img, ann in zip(images, annotations):
+                        image_id = self._insert_image(con, img)
+                        if ann is not None:
+                            segs = ann.segments
+                            if cat_ids is not None:
+                                segs = [
+                                    {**s, "category_id": cat_ids[int(s["category_id"])]}
+                                    for s in segs
+                                ]
+                            self._write_annotation(
+                                con, image_id, ann.id_map, segs, "corrected", "import", None
+                            )
+                        ids.append(image_id)
+            except BaseException:
+                self._forget(written)
+                raise
         return [self.image(i) for i in ids]
+
+    def _forget(self, files: list[Path]) -> None:
+        """Remove files written for a write that failed, unless a row names them after all."""
+        if not files:
+            return
+        with suppress(UserError):
+            known = {r["file"] for r in self._read("SELECT file FROM images")}
+            for f in files:
+                if f"images/{f.name}" not in known:
+                    f.unlink(missing_ok=True)
 
     def add_image(self, data: bytes, name: str) -> ImageRecord:
         """Validate, store and register one encoded image; a duplicate returns the existing row."""
@@ -263,11 +493,12 @@ class Workspace:
             raise WorkspaceError(f"the workspace has no image with id {image_id}")
         return self._record(rows[0], self._counts().get(int(image_id), {}))
 
-    def list_images(self) -> list[ImageRecord]:
-        """All images in insertion order, with status and per-class segment counts."""
-        counts = self._counts()
+    def list_images(self, *, counts: bool = True) -> list[ImageRecord]:
+        """All images in insertion order, with status, review, uncertainty and (unless
+        ``counts`` is False, which saves reading every annotation) per-class segment counts."""
+        per_image = self._counts() if counts else {}
         return [
-            self._record(r, counts.get(int(r["id"]), {}))
+            self._record(r, per_image.get(int(r["id"]), {}))
             for r in self._read("SELECT * FROM images ORDER BY id")
         ]
 
@@ -294,6 +525,10 @@ class Workspace:
             int(r["height"]),
             r["status"],
             counts,
+            # A read-only workspace from before these columns cannot be migrated: read as None.
+            review=_column(r, "review"),
+            reviewed=_column(r, "reviewed"),
+            uncertainty=None if _column(r, "uncertainty") is None else float(r["uncertainty"]),
         )
 
     def image_path(self, image_id: int) -> Path:
@@ -308,6 +543,33 @@ class Workspace:
             raise WorkspaceError(f"unknown image status {status!r}; expected one of {STATUSES}")
         with self._tx() as con:
             con.execute("UPDATE images SET status = ? WHERE id = ?", (status, int(image_id)))
+
+    def set_review(self, image_id: int, review: str | None) -> ImageRecord:
+        """Record a reviewer's verdict ("accepted" / "needs-changes") with the time; None clears
+        it. Independent of the status: saving a correction keeps the verdict."""
+        if review is not None and review not in REVIEWS:
+            raise WorkspaceError(f"unknown review {review!r}; expected one of {REVIEWS} or None")
+        with self._tx() as con:
+            cur = con.execute(
+                "UPDATE images SET review = ?, reviewed = ? WHERE id = ?",
+                (review, None if review is None else _now(), int(image_id)),
+            )
+            if cur.rowcount == 0:
+                raise WorkspaceError(f"the workspace has no image with id {image_id}")
+        return self.image(image_id)
+
+    def set_uncertainty(self, image_id: int, value: float | None) -> None:
+        """Store the uncertainty score of the image's latest prediction (None: unknown)."""
+        if value is not None:
+            value = float(value)
+            if not math.isfinite(value):
+                raise WorkspaceError(f"uncertainty must be a finite number, got {value}")
+        with self._tx() as con:
+            cur = con.execute(
+                "UPDATE images SET uncertainty = ? WHERE id = ?", (value, int(image_id))
+            )
+            if cur.rowcount == 0:
+                raise WorkspaceError(f"the workspace has no image with id {image_id}")
 
     # ---------------------------------------------------------------- annotations
 
@@ -338,6 +600,34 @@ class Workspace:
                 return False
             self._write_annotation(
                 con, int(image_id), id_map, segments, status, source, model_version_id
+            )
+        return True
+
+    def save_prediction(
+        self,
+        image_id: int,
+        id_map: np.ndarray,
+        segments: list[dict[str, Any]],
+        *,
+        uncertainty: float | None,
+        model_version_id: int | None = None,
+    ) -> bool:
+        """Store a model prediction (status "predicted") and its uncertainty in one transaction;
+        a corrected image is left alone (returns False)."""
+        if uncertainty is not None and not math.isfinite(float(uncertainty)):
+            raise WorkspaceError(f"uncertainty must be a finite number, got {uncertainty}")
+        with self._tx() as con:
+            row = con.execute("SELECT status FROM images WHERE id = ?", (int(image_id),)).fetchone()
+            if row is None:
+                raise WorkspaceError(f"the workspace has no image with id {image_id}")
+            if row["status"] == "corrected":
+                return False
+            self._write_annotation(
+                con, int(image_id), id_map, segments, "predicted", "model", model_version_id
+            )
+            con.execute(
+                "UPDATE images SET uncertainty = ? WHERE id = ?",
+                (None if uncertainty is None else float(uncertainty), int(image_id)),
             )
         return True
 
@@ -463,9 +753,7 @@ class Workspace:
         color: tuple[int, int, int] | None,
         dataset_id: int | None,
     ) -> int:
-        name = str(name).strip()
-        if not name:
-            raise WorkspaceError("a category name may not be empty")
+        name = check_category_name(name)
         row = con.execute("SELECT id FROM categories WHERE name = ?", (name,)).fetchone()
         if row is not None:
             return int(row["id"])

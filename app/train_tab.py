@@ -12,6 +12,7 @@ import gradio as gr
 import pandas as pd
 
 from app import finetune as ft
+from app import model_sources as ms
 from app import versions as mv
 from app.finetune import Finetuner, Progress, Settings
 from app.guard import guard
@@ -19,6 +20,7 @@ from app.versions import ModelSwitcher
 from maskformer.errors import UserError
 
 POLL_S = 1.0  # timer period while the tab is open
+LOAD_PROGRESS = gr.Progress()  # gradio fills in the progress bar of "Load a model"
 COMPARE_HEADERS = ["metric", "before (current model)", "after (fine-tuned)", "change"]
 INTRO = """Fine-tune the current model on this workspace's **corrected** images. About 20 % of them
 (at least one) are held out: never trained on, and scored before and after. The job computes a
@@ -223,6 +225,15 @@ def build_train_tab(ctx: Any, device: str | None = None) -> None:
             label="End of the job's log", lines=8, visible=False, elem_id="train-log"
         )
         gr.Markdown("### Model versions")
+        model_md = gr.Markdown(ms.model_line(ctx), elem_id="model-line")
+        with gr.Row():
+            source_box = gr.Textbox(
+                label="Load a model: checkpoint path, Hugging Face folder or hub id (owner/name)",
+                placeholder="facebook/maskformer-swin-tiny-ade, /path/model_final.pkl, …",
+                scale=4,
+                elem_id="model-source",
+            )
+            load_btn = gr.Button("Load", scale=1, elem_id="model-load")
         versions = gr.Dataframe(
             headers=mv.VERSION_HEADERS, interactive=False, elem_id="versions-table"
         )
@@ -483,3 +494,19 @@ def build_train_tab(ctx: Any, device: str | None = None) -> None:
         concurrency_limit=1,
     )
     cmp_btn.click(compare, [cmp_a, cmp_b], [cmp_md, cmp_df], api_name="compare_versions")
+
+    @guard(len(version_out) + 1)
+    def load_source(spec, progress=LOAD_PROGRESS):
+        v = ms.load_into_app(ctx, switcher, spec, lambda f, msg: progress(f, desc=msg))
+        said = f"The app now uses **v{v.id}** ({ms.version_source(v)}). Open an image again."
+        return (said, gr.Button(visible=False), *version_updates(v.id), ms.model_line(ctx))
+
+    load_btn.click(
+        load_source,
+        [source_box],
+        [*version_out, model_md],
+        api_name="load_model_source",
+        concurrency_id="model",
+        concurrency_limit=1,
+    )
+    version_md.change(lambda: ms.model_line(ctx), None, model_md, show_progress="hidden")

@@ -17,7 +17,7 @@ def version_label(v: ModelVersion) -> str:
 
 VERSION_HEADERS = [
     "version",
-    "file",
+    "source",
     "parent",
     "created",
     "active",
@@ -65,7 +65,7 @@ def version_rows(ws: Workspace) -> list[list[Any]]:
         rows.append(
             [
                 f"v{v.id}",
-                Path(v.path).name,
+                v.metrics.get("source") or Path(v.path).name,  # a converted model: where from
                 "" if v.parent is None else f"v{v.parent}",
                 v.created,
                 "yes" if v.active else "",
@@ -147,10 +147,12 @@ def score_version(
 
 
 class ModelSwitcher:
-    """Hot swap of the app's model: the shared ``AppContext`` is the holder, this is its lock.
+    """Hot swap of the app's model: builds a new immutable ``ModelState`` and swaps the one
+    reference the shared ``AppContext`` holds (``AppContext.swap_model``).
 
-    Requests that started with the old Predictor finish with it (a Predictor keeps no per-image
-    state); the next request reads the new one. Loading happens outside the lock.
+    Requests that started with the old model finish with it (a request reads ``ctx.model`` once;
+    a Predictor keeps no per-image state); the next request reads the new one. Loading happens
+    outside the lock; ``lock`` serialises switches against each other.
     """
 
     def __init__(self, ctx: Any, device: str | None = None):
@@ -160,6 +162,7 @@ class ModelSwitcher:
 
     def switch(self, version_id: int) -> ModelVersion:
         """Load a version's checkpoint and make it the app's model and the active version."""
+        from app.context import model_state
         from maskformer.inference import Predictor
 
         ws: Workspace = self.ctx.workspace
@@ -168,22 +171,18 @@ class ModelSwitcher:
             raise WorkspaceError(
                 f"the checkpoint of version v{version.id} is missing: {version.path}"
             )
-        predictor = Predictor(version.path, device=self.device or _device_of(self.ctx.predictor))
-        class_categories = ws.ensure_meta(predictor.meta)
+        predictor = Predictor.from_checkpoint(
+            version.path, device=self.device or _device_of(self.ctx.predictor)
+        )
+        state = model_state(predictor, ws, version.id, version.path)
         with self.lock:
-            test = predictor.cfg.test
-            self.ctx.class_categories = class_categories
-            self.ctx.meta = predictor.meta
-            self.ctx.predictor = predictor
-            self.ctx.model_version_id = version.id
-            self.ctx.default_score = float(test.object_mask_threshold)
-            self.ctx.default_overlap = float(test.overlap_threshold)
+            self.ctx.swap_model(state)
             ws.set_active_model_version(version.id)
         return ws.model_version(version.id)
 
     def rollback(self) -> ModelVersion:
         """Switch to the parent of the current version."""
-        current = self.ctx.model_version_id
+        current = self.ctx.model.version_id
         if current is None:
             raise WorkspaceError("the current model is not a registered version")
         parent = self.ctx.workspace.model_version(current).parent

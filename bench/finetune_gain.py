@@ -128,7 +128,7 @@ def evaluate(checkpoint: str | None, data: dict[str, Path], device: str) -> dict
     pred = (
         base_predictor(str(BASE), meta, device)
         if checkpoint is None
-        else Predictor(checkpoint, device=device)
+        else Predictor.from_checkpoint(checkpoint, device=device)
     )
     rows = {}
     for split in ("with", "without"):

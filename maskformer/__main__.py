@@ -1,14 +1,19 @@
 """``python -m maskformer <command>``: each command lives in ``maskformer/commands/<name>.py``.
 
 A command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
-Errors a user can fix (bad files, bad flags) are raised as ``UserError`` and printed as one line.
+Errors a user can fix (bad files, bad flags) are raised as ``UserError`` and printed as one line;
+so are the errors the machine or a hostile file causes (a full disk, a name too long, input nested
+too deeply, memory exhausted). ``MASKFORMER_DEBUG=1`` shows the traceback of those instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
+from collections.abc import Callable
 
 COMMANDS = {
     "predict": "predict",
@@ -16,13 +21,11 @@ COMMANDS = {
     "evaluate": "evaluate",
     "convert": "convert",
     "synth": "synth",
-    "import": "import_",
-    "export": "export",
+    "export-onnx": "export_onnx",
 }
 
 
 def main(argv: list[str] | None = None) -> int:
-    from maskformer.errors import UserError
 
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(
@@ -42,14 +45,42 @@ def main(argv: list[str] | None = None) -> int:
         else:
             sub.add_parser(name, help=f"see `python -m maskformer {name} --help`")
     args = parser.parse_args(argv)
+    return run_command(args._run, args)
+
+
+def run_command(run: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+    """``run(args)`` with the errors a user or the machine causes printed as one line (exit 2).
+
+    Shared by ``python -m maskformer`` and ``python -m app``.
+    """
+    from maskformer.errors import UserError
+
     try:
-        return int(args._run(args) or 0)
+        return int(run(args) or 0)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (OSError, RecursionError, MemoryError) as e:
+        if os.environ.get("MASKFORMER_DEBUG"):
+            raise
+        print(f"error: {environment_error(e)}", file=sys.stderr)
+        return 2
+
+
+def environment_error(e: BaseException) -> str:
+    """One line for an error of the machine or of an input's shape, not of the program."""
+    if isinstance(e, RecursionError):
+        return "the input is nested too deeply to read (a hostile or broken file?)"
+    if isinstance(e, MemoryError):
+        return "out of memory (the input is too large for this machine)"
+    assert isinstance(e, OSError)
+    if e.errno == errno.ENOSPC:
+        return f"disk full: cannot write {e.filename}" if e.filename else "disk full"
+    where = f"{e.filename}: " if e.filename else ""
+    return f"{where}{e.strerror or e}"
 
 
 if __name__ == "__main__":

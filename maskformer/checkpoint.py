@@ -3,7 +3,8 @@
 Metadata keys (all strings): ``format`` = "maskformer-studio", ``format_version``, ``config``
 (JSON of ``config_to_dict(cfg)``), ``meta`` (JSON of ``DatasetMeta.to_dict()``), ``extra`` (JSON).
 Official (.pkl/.pth) and Hugging Face checkpoints are turned into this format by
-``python -m maskformer convert``; nothing here reads them.
+``maskformer.sources`` (once, cached) or ``python -m maskformer convert``; nothing here reads them.
+``load_model`` returns a typed ``LoadedModel`` (model, config, class metadata, load report).
 """
 
 from __future__ import annotations
@@ -19,16 +20,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from maskformer.config import (
-    Config,
-    ConfigError,
-    DatasetMeta,
-    ModelConfig,
-    config_from_dict,
-    config_to_dict,
-    default_colors,
-)
+from maskformer.config import Config, ConfigError, DatasetMeta, config_from_dict, config_to_dict
 from maskformer.errors import CheckpointError
+from maskformer.partial_load import (
+    LoadReport,
+    check_shapes_match,
+    expected_shapes,
+    load_state_dict_partial,
+    resize_meta,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -36,54 +36,31 @@ FORMAT = "maskformer-studio"
 FORMAT_VERSION = 1
 CONVERT_HINT = "convert it first: python -m maskformer convert {src} OUT.safetensors"
 _FOREIGN_SUFFIXES = (".pkl", ".pth", ".pt", ".bin", ".ckpt", ".pickle")
-# Buffers computed from the config (not learned): tolerated when absent from / extra in a file.
-_DERIVED_BUFFERS = ("relative_position_index", "attn_mask")
-_CLASS_KEYS = ("class_embed.weight", "class_embed.bias")  # (K+1, D), (K+1,); row K = no object
-_QUERY_KEYS = ("query_embed.weight", "query_feat.weight")  # (Q, D)
+_MAX_ROWS = 100_000  # a sanity bound on K and Q asked for at load time (COCO has 133, ADE-full 847)
+
+__all__ = [
+    "Checkpoint",
+    "LoadReport",
+    "LoadedModel",
+    "load_checkpoint",
+    "load_model",
+    "load_state_dict_partial",
+    "peek_checkpoint",
+    "save_checkpoint",
+    "verify_checkpoint",
+]
 
 
 @dataclass
 class Checkpoint:
-    """A native checkpoint in memory. ``state_dict`` is empty when read with ``peek_checkpoint``."""
+    """A native checkpoint in memory. ``state_dict`` is empty when read with ``peek_checkpoint``;
+    ``shapes`` (key -> shape, from the file's header) is always filled."""
 
     state_dict: dict[str, Tensor]
     cfg: Config
     meta: DatasetMeta
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class LoadReport:
-    """What a partial load did.
-
-    Attributes:
-        missing: model keys the state dict lacks (left as initialised).
-        unexpected: state-dict keys the model does not have (ignored).
-        reinitialised: model keys whose values are not (entirely) from the state dict because
-            the shapes differ; class/query embeddings may still keep leading rows (kept_rows).
-        kept_rows: key -> number of leading rows copied from the state dict (class_embed also keeps
-            its no-object row, moved to the new last index).
-    """
-
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    reinitialised: list[str] = field(default_factory=list)
-    kept_rows: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def complete(self) -> bool:
-        """True when every model tensor came unchanged from the state dict and none was left."""
-        return not (self.missing or self.unexpected or self.reinitialised)
-
-    def summary(self) -> str:
-        parts = []
-        for name in ("missing", "unexpected", "reinitialised"):
-            keys = getattr(self, name)
-            if keys:
-                parts.append(f"{len(keys)} {name} ({_few(keys)})")
-        if self.kept_rows:
-            parts.append("kept rows: " + ", ".join(f"{k}[:{n}]" for k, n in self.kept_rows.items()))
-        return "; ".join(parts) or "all tensors loaded"
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,8 +136,19 @@ def _saveable(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def peek_checkpoint(path: str | Path) -> Checkpoint:
-    """Read only the config, metadata and extra of a native checkpoint (no tensors)."""
+    """Read only the config, metadata, extra and tensor shapes of a native checkpoint (no data)."""
     return _read(path, with_tensors=False)
+
+
+def verify_checkpoint(path: str | Path) -> Checkpoint:
+    """``peek_checkpoint``, then check the stored shapes against the file's own config.
+
+    What to call before building a model from a checkpoint's config (``train --init``): nothing the
+    header claims is allocated, and a config that disagrees with the tensors is refused.
+    """
+    head = peek_checkpoint(path)
+    check_shapes_match(str(path), head.shapes, head.cfg.model)
+    return head
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -181,6 +169,7 @@ def _read(path: str | Path, *, with_tensors: bool) -> Checkpoint:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             header = f.metadata() or {}
             _check_header(path, header)
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
             names = f.keys() if with_tensors else []
             tensors = {k: f.get_tensor(k) for k in names}
     except CheckpointError:
@@ -191,7 +180,7 @@ def _read(path: str | Path, *, with_tensors: bool) -> Checkpoint:
         raise CheckpointError(
             f"{path} is not a readable safetensors file ({_first_line(e)})"
         ) from None
-    return Checkpoint(tensors, *_parse_header(path, header))
+    return Checkpoint(tensors, *_parse_header(path, header), shapes=shapes)
 
 
 def _check_native_path(path: str | Path) -> Path:
@@ -248,7 +237,13 @@ def _parse_header(path: Path, header: dict[str, str]) -> tuple[Config, DatasetMe
         cfg = config_from_dict(json.loads(header["config"]))
         meta = DatasetMeta.from_dict(json.loads(header["meta"]))
         extra = json.loads(header.get("extra", "{}"))
-    except (KeyError, TypeError, ValueError, ConfigError) as e:  # JSONDecodeError is a ValueError
+    except (
+        KeyError,
+        TypeError,
+        ValueError,
+        RecursionError,
+        ConfigError,
+    ) as e:  # JSONDecodeError is a ValueError
         raise CheckpointError(f"{path} has broken config/meta metadata: {_first_line(e)}") from None
     if meta.num_classes != cfg.model.num_classes:
         raise CheckpointError(
@@ -262,56 +257,39 @@ def _parse_header(path: Path, header: dict[str, str]) -> tuple[Config, DatasetMe
 # load into a model
 
 
-def load_state_dict_partial(model: nn.Module, state_dict: dict[str, Tensor]) -> LoadReport:
-    """Load every tensor whose key and shape fit; keep the model's fresh values for the rest.
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model built from a checkpoint, with what it needs to be used and how it was loaded.
 
-    Class and query embeddings whose row count differs keep their overlapping leading rows; for
-    ``class_embed`` the no-object row (the last) is moved to the new last index, so a model
-    fine-tuned on more (or fewer) classes starts from the old classifier.
+    Attributes:
+        model: the network, in eval mode, on the device asked for.
+        cfg: the config it was built from (K and Q as built, which may differ from the file's).
+        meta: its class metadata (K entries).
+        report: what the load did, tensor by tensor (``complete`` when K and Q are unchanged).
+        path: the native checkpoint file it was read from.
+        extra: the file's ``extra`` metadata (training step, source it was converted from, ...).
     """
-    own = model.state_dict()
-    report = LoadReport(unexpected=[k for k in state_dict if k not in own])
-    merged: dict[str, Tensor] = {}
-    for key, target in own.items():
-        if key not in state_dict:
-            report.missing.append(key)
-            continue
-        src = state_dict[key].to(dtype=target.dtype, device=target.device)
-        if src.shape == target.shape:
-            merged[key] = src
-            continue
-        report.reinitialised.append(key)
-        same_tail = src.dim() == target.dim() and src.shape[1:] == target.shape[1:]
-        if same_tail and key.endswith(_CLASS_KEYS):
-            merged[key], report.kept_rows[key] = _resize_class_rows(src, target)
-        elif same_tail and key.endswith(_QUERY_KEYS):
-            n = min(src.shape[0], target.shape[0])
-            merged[key] = torch.cat([src[:n], target[n:]])
-            report.kept_rows[key] = n
-    model.load_state_dict(merged, strict=False)
-    return report
+
+    model: nn.Module
+    cfg: Config
+    meta: DatasetMeta
+    report: LoadReport
+    path: Path
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _resize_class_rows(src: Tensor, target: Tensor) -> tuple[Tensor, int]:
-    """Rows 0..n-1 from src, the no-object row src[-1] at target's last index, the rest from target.
-
-    Args: src (K_old+1, ...), target (K_new+1, ...). Returns the merged (K_new+1, ...) tensor and n.
-    """
-    n = min(src.shape[0], target.shape[0]) - 1
-    out = target.clone()
-    out[:n] = src[:n]
-    out[-1] = src[-1]
-    return out, n
-
-
-def load_model_with_report(
+def load_model(
     path: str | Path,
+    *,
     device: str | torch.device = "cpu",
     num_classes: int | None = None,
     num_queries: int | None = None,
     meta: DatasetMeta | None = None,
-) -> tuple[nn.Module, LoadReport]:
+) -> LoadedModel:
     """Build the model a native checkpoint describes and load its weights.
+
+    The stored tensors are checked against the file's own config before any model is allocated
+    (``check_shapes_match``), so a config claiming sizes the tensors do not have is refused cheaply.
 
     Args:
         path: a native .safetensors checkpoint.
@@ -320,106 +298,40 @@ def load_model_with_report(
         num_queries: Q (default: the checkpoint's).
         meta: class metadata for the new K (default: the checkpoint's, extended or cut to K).
 
-    Returns:
-        The model in eval mode, with ``model.cfg`` (the config it was built from, K and Q included)
-        and ``model.meta`` set, and the LoadReport (``complete`` when K and Q are unchanged).
+    Raises:
+        CheckpointError: an unreadable or inconsistent file, or ``meta`` disagreeing with K.
     """
     from maskformer.model import build_model
 
-    ckpt = load_checkpoint(path)
-    old = ckpt.cfg.model
+    path = Path(path)
+    head = verify_checkpoint(path)
+    old = head.cfg.model
     if num_classes is None:
         num_classes = meta.num_classes if meta is not None else old.num_classes
     if meta is not None and meta.num_classes != num_classes:
         raise CheckpointError(
             f"the metadata given names {meta.num_classes} classes but num_classes={num_classes}"
         )
+    for name, value in (("num_classes", num_classes), ("num_queries", num_queries)):
+        if value is not None and not 1 <= value <= _MAX_ROWS:
+            raise CheckpointError(f"{name}={value} is outside 1..{_MAX_ROWS}")
     new = replace(old, num_classes=num_classes, num_queries=num_queries or old.num_queries)
-    try:
-        model = build_model(new)
-    except ConfigError as e:
-        raise CheckpointError(f"{path}: cannot build the model its config describes: {e}") from None
-    _check_against_config(Path(path), ckpt.state_dict, model.state_dict(), old, new)
+    expected_shapes(new)  # a new K/Q must give a buildable model too, before allocating it
+    ckpt = load_checkpoint(path)
+    model = build_model(new)
     report = load_state_dict_partial(model, ckpt.state_dict)
-    report.missing = [k for k in report.missing if not k.endswith(_DERIVED_BUFFERS)]
-    report.unexpected = [k for k in report.unexpected if not k.endswith(_DERIVED_BUFFERS)]
     if not report.complete:
         logger.info(
             "loaded %s with K=%d Q=%d: %s", path, new.num_classes, new.num_queries, report.summary()
         )
-    model.cfg = replace(ckpt.cfg, model=new)
-    model.meta = meta if meta is not None else _resize_meta(ckpt.meta, num_classes)
-    return model.to(torch.device(device)).eval(), report
-
-
-def load_model(
-    path: str | Path,
-    device: str | torch.device = "cpu",
-    num_classes: int | None = None,
-    num_queries: int | None = None,
-    meta: DatasetMeta | None = None,
-) -> nn.Module:
-    """``load_model_with_report`` without the report (which is logged when not complete)."""
-    return load_model_with_report(path, device, num_classes, num_queries, meta)[0]
-
-
-def _check_against_config(
-    path: Path,
-    state: dict[str, Tensor],
-    built: dict[str, Tensor],
-    old: ModelConfig,
-    new: ModelConfig,
-) -> None:
-    """Raise unless the stored tensors are exactly what the checkpoint's own config describes."""
-
-    def expected(key: str, t: Tensor) -> tuple[int, ...]:
-        shape = tuple(t.shape)
-        if key.endswith(_CLASS_KEYS) and shape[0] == new.num_classes + 1:
-            return (old.num_classes + 1,) + shape[1:]
-        if key.endswith(_QUERY_KEYS) and shape[0] == new.num_queries:
-            return (old.num_queries,) + shape[1:]
-        return shape
-
-    wrong = [
-        f"{k} {tuple(state[k].shape)} vs {expected(k, t)}"
-        for k, t in built.items()
-        if k in state and tuple(state[k].shape) != expected(k, t)
-    ]
-    missing = [k for k in built if k not in state and not k.endswith(_DERIVED_BUFFERS)]
-    extra = [k for k in state if k not in built and not k.endswith(_DERIVED_BUFFERS)]
-    problems = [
-        f"{len(v)} {name} ({_few(v)})"
-        for name, v in (("with wrong shapes", wrong), ("missing", missing), ("unknown", extra))
-        if v
-    ]
-    if problems:
-        raise CheckpointError(
-            f"{path} does not match its own config (backbone={old.backbone}, "
-            f"K={old.num_classes}, Q={old.num_queries}): tensors " + "; ".join(problems)
-        )
-
-
-def _resize_meta(meta: DatasetMeta, k: int) -> DatasetMeta:
-    """Cut the metadata to K classes, or extend it with generic names ("class_<i>")."""
-    n = min(k, meta.num_classes)
-    if k == meta.num_classes:
-        return meta
-    ids = ()
-    if meta.dataset_ids:
-        start = max(meta.dataset_ids[:n], default=-1) + 1
-        ids = meta.dataset_ids[:n] + tuple(range(start, start + k - n))
-    return DatasetMeta(
-        class_names=meta.class_names[:n] + tuple(f"class_{i}" for i in range(n, k)),
-        isthing=meta.isthing[:n] + (False,) * (k - n),
-        colors=meta.colors[:n] + default_colors(k)[n:],
-        dataset_ids=ids,
-        ignore_label=meta.ignore_label,
-        name=meta.name if k <= meta.num_classes else "",
+    return LoadedModel(
+        model=model.to(torch.device(device)).eval(),
+        cfg=replace(ckpt.cfg, model=new),
+        meta=meta if meta is not None else resize_meta(ckpt.meta, num_classes),
+        report=report,
+        path=path,
+        extra=ckpt.extra,
     )
-
-
-def _few(keys: list[str], n: int = 3) -> str:
-    return ", ".join(keys[:n]) + (f", ... {len(keys) - n} more" if len(keys) > n else "")
 
 
 def _first_line(e: BaseException) -> str:

@@ -19,10 +19,19 @@ from maskformer.errors import ImageReadError
 # PIL's own behaviour. PIL still refuses anything above 2 * Image.MAX_IMAGE_PIXELS on its own.
 DEFAULT_MAX_PIXELS = 100_000_000
 
+# Refuse images more elongated than this (long side / short side). The network resizes the short
+# side up to its test size with the long side capped, so a 1 x 4000 strip would become 0 pixels
+# tall; any real photo or panorama is far below this.
+MAX_ASPECT_RATIO = 64
+
 ImageSource = str | os.PathLike | bytes | bytearray | Image.Image | np.ndarray
 
 
-def load_image(src: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_image(
+    src: ImageSource,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_aspect: float | None = MAX_ASPECT_RATIO,
+) -> np.ndarray:
     """Read a path, encoded bytes, a PIL image or an array into an RGB uint8 array.
 
     EXIF orientation is applied. Alpha is dropped (not composited). 16-bit, 32-bit integer and float
@@ -33,6 +42,8 @@ def load_image(src: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
             (H, W), (H, W, 1), (H, W, 3) or (H, W, 4).
         max_pixels: refuse images with more pixels than this (checked on the header, before
             decoding); None disables the check.
+        max_aspect: refuse images whose long side is more than this many times the short side
+            (the header again); None disables the check.
 
     Returns:
         (H, W, 3) uint8 RGB array (C-contiguous, owning its memory).
@@ -41,23 +52,55 @@ def load_image(src: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
         ImageReadError: missing, empty, truncated, unreadable, or too large input.
     """
     if isinstance(src, np.ndarray):
-        return _array_to_rgb(src, "array")
+        out = _array_to_rgb(src, "array")
+        check_image_size(out.shape[1], out.shape[0], "array", None, max_aspect)
+        return out
     if isinstance(src, Image.Image):
+        check_image_size(*src.size, "image", None, max_aspect)
         return _pil_to_rgb(src, "image")
     if isinstance(src, (bytes, bytearray)):
         if len(src) == 0:
             raise ImageReadError("cannot read image from bytes: the data is empty")
-        return _decode(io.BytesIO(bytes(src)), "<bytes>", max_pixels)
+        return _decode(io.BytesIO(bytes(src)), "<bytes>", max_pixels, max_aspect)
     if isinstance(src, (str, os.PathLike)):
         path = Path(src)
         _check_file(path)
-        with open(path, "rb") as f:
-            return _decode(f, str(path), max_pixels)
+        try:
+            with open(path, "rb") as f:
+                return _decode(f, str(path), max_pixels, max_aspect)
+        except OSError as e:  # unreadable file, a name too long, permissions
+            raise ImageReadError(f"cannot read image {path}: {e.strerror or e}") from None
     raise ImageReadError(f"cannot read an image from a {type(src).__name__}")
 
 
+def check_image_size(
+    width: int,
+    height: int,
+    name: str,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_aspect: float | None = MAX_ASPECT_RATIO,
+) -> None:
+    """Raise ImageReadError for an image of no pixels, too many pixels, or a degenerate shape."""
+    if width < 1 or height < 1:
+        raise ImageReadError(f"cannot read image {name}: it has no pixels ({width}x{height})")
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageReadError(
+            f"cannot read image {name}: {width}x{height} = {width * height / 1e6:.1f} MP exceeds "
+            f"the limit of {max_pixels / 1e6:.1f} MP (possible decompression bomb)"
+        )
+    if max_aspect is not None and max(width, height) > max_aspect * min(width, height):
+        raise ImageReadError(
+            f"cannot read image {name}: {width}x{height} is too elongated to segment (one side "
+            f"more than {max_aspect:g} times the other)"
+        )
+
+
 def _check_file(path: Path) -> None:
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except (OSError, ValueError) as e:  # a name too long, a NUL byte
+        raise ImageReadError(f"cannot read image {path}: {e}") from None
+    if not exists:
         raise ImageReadError(f"cannot read image {path}: the file does not exist")
     if path.is_dir():
         raise ImageReadError(f"cannot read image {path}: it is a directory")
@@ -65,11 +108,12 @@ def _check_file(path: Path) -> None:
         raise ImageReadError(f"cannot read image {path}: the file is empty (0 bytes)")
 
 
-def _decode(fp, name: str, max_pixels: int | None) -> np.ndarray:
+def _decode(fp, name: str, max_pixels: int | None, max_aspect: float | None) -> np.ndarray:
     try:
         with warnings.catch_warnings():
-            # We apply our own limit below; PIL's warning (above its global limit) would be noise.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # We apply our own limit below; PIL's warning (above its global limit) would be noise,
+            # and so would its warnings about a corrupt EXIF block (the pixels are fine).
+            warnings.simplefilter("ignore")
             im = Image.open(fp)
     except Image.DecompressionBombError:
         raise ImageReadError(
@@ -83,12 +127,7 @@ def _decode(fp, name: str, max_pixels: int | None) -> np.ndarray:
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageReadError(f"cannot read image {name}: {e}") from None
     with im:
-        w, h = im.size
-        if max_pixels is not None and w * h > max_pixels:
-            raise ImageReadError(
-                f"cannot read image {name}: {w}x{h} = {w * h / 1e6:.1f} MP exceeds the limit of "
-                f"{max_pixels / 1e6:.1f} MP (possible decompression bomb)"
-            )
+        check_image_size(*im.size, name, max_pixels, max_aspect)
         try:
             im.load()
         except (OSError, ValueError, SyntaxError, EOFError) as e:
@@ -99,7 +138,8 @@ def _decode(fp, name: str, max_pixels: int | None) -> np.ndarray:
 
 
 def _pil_to_rgb(im: Image.Image, name: str) -> np.ndarray:
-    with contextlib.suppress(Exception):  # a broken EXIF block must not make pixels unreadable
+    with contextlib.suppress(Exception), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a broken EXIF block: no rotation, and no noise either
         im = ImageOps.exif_transpose(im) or im
     mode = im.mode
     if mode == "RGB":

@@ -205,7 +205,11 @@ def shared_server() -> AppServer:
 
         root = Path(tempfile.mkdtemp(prefix="mfs-app-"))
         ckpt = tiny_checkpoint(root / "tiny.safetensors")
-        server = AppServer(ckpt, root / "workspace", root / "server.log")
+        imports = root / "imports"  # the one folder the server may import from (--import-root)
+        imports.mkdir()
+        server = AppServer(
+            ckpt, root / "workspace", root / "server.log", "--import-root", str(imports)
+        )
         atexit.register(shutil.rmtree, root, True)
         atexit.register(server.stop)
         _SHARED["server"] = server.wait()
@@ -226,8 +230,8 @@ def screenshot_folder() -> Path:
 
 
 @contextlib.contextmanager
-def browser_page(url: str, height: int):
-    """A Chromium page (fresh profile, 1400 x ``height``, downloads allowed) opened at ``url``."""
+def browser_page(url: str, height: int, width: int = 1400):
+    """A Chromium page (fresh profile, ``width`` x ``height``, downloads allowed) at ``url``."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -236,7 +240,7 @@ def browser_page(url: str, height: int):
             executable_path=str(CHROMIUM),
             headless=True,
             args=BROWSER_FLAGS,
-            viewport={"width": 1400, "height": height},
+            viewport={"width": width, "height": height},
             accept_downloads=True,
         )
         try:

@@ -1,17 +1,31 @@
-"""End to end in a real browser (Debian Chromium via Playwright): what a user clicks, step by step.
+"""End to end in a real browser (Debian Chromium via Playwright, 1440 x 900): the Annotate canvas.
 
 Screenshots of every step go to ``$MFS_SCREENSHOTS`` (default ``test-artifacts/screenshots``); the
-test prints the folder.
+test prints the folder. Waits are on the canvas's ``data-revision``, not on sleeps.
 """
 
-import json
-import re
-import time
-import zipfile
-
+import numpy as np
 import pytest
 
-from app_helpers import CHROMIUM, browser_page, png_bytes, screenshot_folder, shared_server
+from app.store import Workspace
+from app_helpers import CHROMIUM, browser_page, screenshot_folder, shared_server
+from bench.photo import jpeg_bytes, make_photo
+from browser_canvas import (
+    CANVAS,
+    Shots,
+    act,
+    attr,
+    click_segment,
+    key,
+    message,
+    rev,
+    screen_of_image,
+    segment,
+    segments,
+    state,
+    stroke,
+    wait_idle,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -26,231 +40,169 @@ def shots():
 
 
 @pytest.fixture(scope="module")
-def page(shots):
+def page():
     pytest.importorskip("playwright.sync_api")
-    with browser_page(shared_server().url, height=1000) as pg:
-        pg.wait_for_selector("#upload")
+    with browser_page(shared_server().url, height=900, width=1440) as pg:
+        pg.wait_for_selector(CANVAS)
+        pg.wait_for_function("() => window.mfs !== undefined")
         yield pg
 
 
-_T0 = [time.perf_counter()]
+def test_annotation_journey(page, shots, tmp_path):
+    shot = Shots(shots, "")
+    server = shared_server()
+    shot(page, "01-loaded")
+    assert page.evaluate("document.documentElement.scrollHeight") <= 1125  # one screen
+    box = page.locator(CANVAS).bounding_box()
+    assert box["width"] * box["height"] >= 0.45 * 1440 * 900
 
+    # upload a photo; the model runs once and the overlay shows
+    photo = tmp_path / "lake.jpg"
+    photo.write_bytes(jpeg_bytes(make_photo(240, 160, seed=3)))
+    act(page, lambda: page.set_input_files("input[type=file]", str(photo)))
+    image_id = int(attr(page, "data-image"))
+    assert state(page, "[S.W, S.H]") == [240, 160]
+    shot(page, "02-uploaded")
 
-def shot(page, shots, name):
-    page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
-    print(f"  {name}: {time.perf_counter() - _T0[0]:.1f} s")  # step timings, shown with -s
-
-
-def status(page) -> str:
-    return page.inner_text("#status")
-
-
-def wait_status(page, pattern: str):
-    page.wait_for_function(
-        "([re]) => new RegExp(re).test(document.querySelector('#status').innerText)", arg=[pattern]
-    )
-    return status(page)
-
-
-def wait_idle(page, *elem_ids: str):
-    """Wait until these components show no pending event (gradio hides their status tracker)."""
-    for elem_id in elem_ids:
-        page.wait_for_function(
-            "id => { const t = document.querySelector(`#${id} [data-testid=status-tracker]`);"
-            " return !t || t.classList.contains('hide'); }",
-            arg=elem_id,
-        )
-
-
-def wait_editor(page, text: str, timeout: float | None = None):
-    """Wait until the brush editor was redrawn for ``text`` (its label names segment and area)
-    and has no pending event."""
-    page.wait_for_function(
-        "t => { const l = document.querySelector('#brush-editor [data-testid=block-label]');"
-        " const tr = document.querySelector('#brush-editor [data-testid=status-tracker]');"
-        " return l && l.innerText.includes(t) && (!tr || tr.classList.contains('hide')); }",
-        arg=text,
-        timeout=timeout,
-    )
-
-
-def segment_count(page) -> int:
-    return int(re.search(r"(\d+) segments", status(page)).group(1))
-
-
-def choose(page, elem_id: str, text: str):
-    """Pick the dropdown option containing ``text``."""
-    page.click(f"#{elem_id} input")
-    page.get_by_role("option").filter(has_text=text).first.click()
-
-
-ROWS_JS = (
-    "id => Array.from(document.querySelectorAll(`#${id} [role=row].virtual-row`)).map("
-    "r => Array.from(r.querySelectorAll('[role=gridcell]')).map(c => c.innerText.trim()))"
-)
-
-
-def table_rows(page, elem_id: str) -> list[list[str]]:
-    return page.evaluate(ROWS_JS, elem_id)
-
-
-def wait_first_area(page, condition: str):
-    """Wait until the first segment's area (table column 3) satisfies ``condition`` (JS, on a)."""
-    page.wait_for_function(
-        f"() => {{ const rows = ({ROWS_JS})('segments-table'); "
-        f"if (!rows.length) return false; const a = parseInt(rows[0][3]); "
-        f"return {condition}; }}"
-    )
-
-
-def editor_canvas(page) -> dict:
-    """The brush canvas's box in viewport coordinates (what page.mouse uses), after scrolling it
-    into view; measure it again after anything that may scroll the page."""
-    canvas = page.locator("#brush-editor canvas").first
-    canvas.scroll_into_view_if_needed()
-    return canvas.bounding_box()
-
-
-def stroke(page, box, x0, y0, x1, y1, steps=12):
-    page.mouse.move(box["x"] + x0, box["y"] + y0)
-    page.mouse.down()
-    for i in range(1, steps + 1):
-        t = i / steps
-        page.mouse.move(box["x"] + x0 + (x1 - x0) * t, box["y"] + y0 + (y1 - y0) * t)
-    page.mouse.up()
-
-
-def test_user_journey(page, shots, tmp_path):
-    _T0[0] = time.perf_counter()
-    shot(page, shots, "01-loaded")
-
-    # upload an image; the model runs once
-    img = tmp_path / "browser.png"
-    img.write_bytes(png_bytes(120, 160, seed=5))
-    page.set_input_files("#upload input[type=file]", str(img))
-    wait_status(page, r"browser\.png, 160x120")
-    page.wait_for_selector("#original img")
-    shot(page, shots, "02-uploaded")
-
-    # move both threshold sliders to 0: every query that is not no-object becomes a segment
+    # both sliders to 0: every query that is not no-object becomes a segment
     for slider in ("#score-threshold", "#overlap-threshold"):
-        page.locator(f"{slider} input[type=range]").fill("0")
-    # at 0 / 0 this checkpoint gives several segments; at 0 / 0.8 (the first event) only one
-    wait_status(page, r": ([2-9]|\d\d+) segments")
-    wait_idle(page, "segments-table", "brush-editor")
-    n0 = segment_count(page)
-    shot(page, shots, "03-thresholds")
+        act(page, lambda s=slider: page.locator(f"{s} input[type=range]").fill("0"))
+    page.wait_for_function("() => window.mfs.state.segs.length >= 3")
+    wait_idle(page)
+    shot(page, "03-thresholds")
 
-    # the query gallery: 20 thumbnails; open one
-    page.wait_for_function("document.querySelectorAll('#query-gallery img').length === 20")
-    page.locator("#query-gallery button.thumbnail-item").first.click()
+    # click a region: it is selected, its row highlighted, its query opened in the inspector
+    segs = sorted(segments(page), key=lambda s: -s["area"])
+    big = segs[0]["id"]
+    click_segment(page, big)
+    page.wait_for_selector(".mfs-row.on")
     page.wait_for_function(
-        "/query \\d+: mask area/.test(document.querySelector('#query-info').innerText)"
+        "q => (document.querySelector('#query-info') || {}).innerText?.startsWith(`query ${q}:`)",
+        arg=segs[0]["query"],
     )
-    page.wait_for_selector("#query-heatmap img")
-    shot(page, shots, "04-query")
+    shot(page, "04-selected")
 
-    # click a pixel of the original: the probe lists the queries claiming it
-    page.locator("#original img").click()  # the centre of the picture
+    # relabel with a hotkey (class 2) and to a new class typed in the panel
+    classes = state(page, "S.classes")
+    key(page, "2")
+    assert segment(page, big)["cls"] == classes[1]["name"]
+    page.fill("#segment-panel-root .mfs-newclass", "kite")
+    act(page, lambda: page.press("#segment-panel-root .mfs-newclass", "Enter"))
+    wait_idle(page)
+    assert segment(page, big)["cls"] == "kite"
+    assert "relabel" in page.inner_text(".mfs-undo")
+    shot(page, "05-relabelled")
+
+    # brush: add a stroke to the selection, then erase the same path: back to at most the start
+    area0 = segment(page, big)["area"]
+    page.keyboard.press("b")
+    a, b = screen_of_image(page, 20, 20), screen_of_image(page, 120, 70)
+    path = [a, ((a[0] + b[0]) / 2, (a[1] + b[1]) / 2), b]
+    stroke(page, path)
+    area1 = segment(page, big)["area"]
+    assert area1 > area0 and message(page) == f"brush on {big}"
+    shot(page, "06-brush-added")
+    page.keyboard.press("e")
+    stroke(page, path)
+    assert segment(page, big)["area"] <= area0
+    shot(page, "07-brush-erased")
+
+    # polygon: a new segment of the brush class
+    page.keyboard.press("Escape")
+    page.keyboard.press("p")
+    n = len(segments(page))
+    for x, y in ((150, 100), (200, 100), (200, 140), (150, 140)):
+        page.mouse.click(*screen_of_image(page, x, y))
+    key(page, "Enter")
+    assert len(segments(page)) == n + 1 and "polygon" in message(page)
+    poly = int(attr(page, "data-selected"))
+    assert segment(page, poly)["area"] == 50 * 40  # pixel centres inside the rectangle
+    shot(page, "08-polygon")
+    page.keyboard.press("v")
+
+    # zoom in with the wheel, then fit
+    z0 = float(attr(page, "data-zoom"))
+    page.mouse.move(*screen_of_image(page, 120, 80))
+    act(page, lambda: page.mouse.wheel(0, -400))
+    assert float(attr(page, "data-zoom")) > z0
+    shot(page, "09-zoomed")
+    page.keyboard.press("f")
     page.wait_for_function(
-        "/pixel \\(\\d+, \\d+\\)/.test(document.querySelector('#probe-info').innerText)"
+        "z => Math.abs(+document.querySelector('#annotate-canvas').dataset.zoom - z) < 1e-3",
+        arg=z0,
     )
-    shot(page, shots, "05-probe")
 
-    # relabel segment 1 to a new class, delete segment 2
-    choose(page, "segment-select", "1: ")
-    page.fill("#class-select input", "kite")
-    page.press("#class-select input", "Enter")
-    page.click("#relabel-btn")
-    page.wait_for_function("document.querySelector('#segments-table').innerText.includes('kite')")
-    assert table_rows(page, "segments-table")[0][1] == "kite"
-    shot(page, shots, "06-relabelled")
-    if n0 > 1:
-        choose(page, "segment-select", "2: ")
-        page.click("#delete-btn")
-        wait_status(page, f": {n0 - 1} segments")
-        shot(page, shots, "07-deleted")
-
-    # brush: with segment 1 selected, paint a green (add) stroke, apply, then a red (remove) one
-    # over the same path
-    choose(page, "segment-select", "1: ")
-    area0 = int(table_rows(page, "segments-table")[0][3])
-    wait_editor(page, f"Brush on 1: kite ({area0} px)")
-    canvas = editor_canvas(page)
-    cx, cy = canvas["width"] / 2, canvas["height"] / 2
-    stroke(page, canvas, cx - 60, cy - 40, cx + 60, cy + 40)
-    shot(page, shots, "08-brush-painted")
-    page.click("#apply-brush")
-    wait_first_area(page, f"a !== {area0}")
-    area1 = int(table_rows(page, "segments-table")[0][3])
-    assert area1 > area0  # green only adds pixels to the segment
-    wait_editor(page, f"({area1} px)")
-    shot(page, shots, "09-brush-applied")
-    # Gradio's editor sometimes stays "processing" after the redraw (seen on CI and here, about
-    # one run in five; a stroke drawn then is lost): wait a while, else pick the segment again,
-    # which redraws the editor, as a user would
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
-    try:
-        wait_editor(page, f"({area1} px)", timeout=15_000)
-    except PlaywrightTimeout:
-        choose(page, "segment-select", "(none")
-        choose(page, "segment-select", "1: ")
-        wait_editor(page, f"({area1} px)")
-    page.click("#brush-editor button[aria-label='Color']")
-    page.click("#brush-editor button.color[style*='204, 50, 50']")
-    canvas = editor_canvas(page)  # clicking Apply scrolled the page: measure again
-    stroke(page, canvas, cx - 60, cy - 40, cx + 60, cy + 40)
-    shot(page, shots, "09b-erase-painted")
-    page.click("#apply-brush")
-    wait_first_area(page, f"a < {area1}")
-    # the red stroke covers exactly the green one's pixels: all that was added is gone again
-    assert int(table_rows(page, "segments-table")[0][3]) <= area0
-    wait_editor(page, "Brush on 1: kite (")
-    shot(page, shots, "10-brush-removed")
-
-    # save; the workspace lists the image as corrected with its classes
-    page.click("#save-btn")
-    wait_status(page, "saved")
-    page.get_by_role("tab", name="Workspace").click()
+    # probe: Alt+click shows which queries claim the pixel
+    page.keyboard.down("Alt")
+    page.mouse.click(*screen_of_image(page, 60.5, 40.5))
+    page.keyboard.up("Alt")
     page.wait_for_function(
-        "document.querySelector('#workspace-table').innerText.includes('corrected')"
+        "() => /^pixel \\(60, 40\\)/.test(document.querySelector('#probe-info').innerText)"
     )
-    row = next(r for r in table_rows(page, "workspace-table") if r[1] == "browser.png")
-    assert row[3] == "corrected" and "kite x1" in row[4]
-    shot(page, shots, "11-workspace")
+    shot(page, "10-probe")
 
-    # export COCO panoptic and download the zip through the browser
-    page.get_by_label("coco-panoptic").check()
-    page.click("#export-btn")
-    link = page.locator("#export-file a").first
-    link.wait_for()
-    with page.expect_download() as dl:
-        link.click()
-    path = tmp_path / "export.zip"
-    dl.value.save_as(path)
-    shot(page, shots, "12-exported")
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-        data = json.loads(zf.read(next(n for n in names if n.endswith("/panoptic.json"))))
-    image = next(i for i in data["images"] if i["file_name"].endswith("browser.png"))
-    ann = next(a for a in data["annotations"] if a["image_id"] == image["id"])
-    kite = next(c["id"] for c in data["categories"] if c["name"] == "kite")
-    assert (image["width"], image["height"]) == (160, 120)
-    assert [s["category_id"] for s in ann["segments_info"]].count(kite) == 1
-    assert any(n.endswith("/panoptic/" + ann["file_name"]) for n in names)
+    # the query gallery: accept a query the merge dropped (raise the overlap threshold first)
+    act(page, lambda: page.locator("#overlap-threshold input[type=range]").fill("1"))
+    wait_idle(page)
+    page.click("#inspector .mfs-tabs button[data-tab=queries]")
+    page.check("#inspector .mfs-dropped")
+    tile = page.locator("#query-gallery .mfs-tile.dropped").first
+    tile.wait_for()
+    tile.click()
+    accept = page.locator("#accept-query")
+    accept.wait_for()
+    n = len(segments(page))
+    act(page, accept.click)
+    wait_idle(page)
+    assert len(segments(page)) == n + 1 and message(page).startswith("accept query")
+    shot(page, "11-accepted")
+
+    # undo / redo say what they do
+    key(page, "Control+z")
+    assert len(segments(page)) == n and message(page).startswith("Undid: accept query")
+    key(page, "Control+y")
+    assert len(segments(page)) == n + 1 and message(page).startswith("Redid: accept query")
+    shot(page, "12-undo-redo")
+
+    # the semantic and instance views
+    page.click("#inspector .mfs-tabs button[data-tab=views]")
+    page.wait_for_selector("#views canvas.mfs-sem")
+    shot(page, "13-views")
+
+    # what the browser draws is the server's annotation, pixel for pixel (display = full size)
+    shown = np.array(
+        state(page, "Array.from(S.idx, k => k ? S.ids[k - 1] : 0)"), dtype=np.int64
+    ).reshape(160, 240)
+
+    # save (Ctrl+S saves as corrected and moves on)
+    before = rev(page)
+    page.keyboard.press("Control+s")
+    ws = Workspace(server.root / "workspace")
+    page.wait_for_function(
+        "b => +document.querySelector('#annotate-canvas').dataset.revision > b", arg=before
+    )
+    page.wait_for_function(
+        "id => document.querySelector('#annotate-canvas').dataset.image !== String(id)"
+        " || /Saved/.test(document.body.innerText)",
+        arg=image_id,
+    )
+    rec = ws.image(image_id)
+    assert rec.status == "corrected" and rec.counts.get("kite") == 1
+    stored, _, source = ws.load_annotation(image_id)
+    assert source == "user"
+    np.testing.assert_array_equal(shown, stored)
+    shot(page, "14-saved")
 
 
 def test_bad_file_shows_a_warning(page, shots, tmp_path):
-    page.get_by_role("tab", name="Annotate").click()
-    before = status(page)
+    before = attr(page, "data-image")
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
-    page.set_input_files("#upload input[type=file]", str(empty))
+    page.set_input_files("input[type=file]", str(empty))
     # read the toast as soon as it shows: it closes itself after a few seconds
     text = page.wait_for_function(
         "() => Array.from(document.querySelectorAll('.toast-body')).map(e => e.innerText)"
         ".find(t => t.includes('empty.png')) || false"
     ).json_value()
-    shot(page, shots, "13-bad-file-warning")
-    assert "Warning" in text and "the data is empty" in text and status(page) == before
+    Shots(shots, "")(page, "15-bad-file-warning")
+    assert "Warning" in text and "the data is empty" in text and attr(page, "data-image") == before

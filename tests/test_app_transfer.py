@@ -8,13 +8,13 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from app import transfer
+from app.__main__ import main as cli
 from app.editing import make_annotation, relabel
 from app.store import Workspace
 from app_helpers import png_bytes
-from maskformer.__main__ import main as cli
 from maskformer.data import open_dataset
+from maskformer.data.base import Sample
 from maskformer.data.coco import write_dataset
-from maskformer.data.datasets import Sample
 from maskformer.data.synthetic import synthetic_meta
 from maskformer.errors import DatasetError, ImageReadError, UserError
 

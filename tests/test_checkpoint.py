@@ -8,13 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from maskformer.checkpoint import (
-    load_checkpoint,
-    load_model,
-    load_model_with_report,
-    peek_checkpoint,
-    save_checkpoint,
-)
+from maskformer.checkpoint import load_checkpoint, load_model, peek_checkpoint, save_checkpoint
 from maskformer.config import generic_meta
 from maskformer.errors import CheckpointError
 from maskformer.metadata import available_metadata, get_metadata, infer_metadata
@@ -52,12 +46,14 @@ def test_round_trip(saved):
 
 def test_load_model_gives_the_same_outputs(saved):
     path, model, cfg, meta = saved
-    loaded, report = load_model_with_report(path)
-    assert report.complete and not loaded.training
-    assert loaded.cfg == cfg and loaded.meta == meta
+    loaded = load_model(path)
+    assert loaded.report.complete and not loaded.model.training
+    assert loaded.report.loaded == len(model.state_dict())
+    assert loaded.cfg == cfg and loaded.meta == meta and loaded.path == path
+    assert loaded.extra == {"step": 12, "note": "unit test"}
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        a, b = model(x), loaded(x)
+        a, b = model(x), loaded.model(x)
     assert torch.equal(a["pred_logits"], b["pred_logits"])
     assert torch.equal(a["pred_masks"], b["pred_masks"])
 
@@ -102,8 +98,8 @@ def test_more_classes_and_fewer_queries(saved):
     path, model, cfg, meta = saved
     old = model.state_dict()
     k, q = cfg.model.num_classes, cfg.model.num_queries
-    new, report = load_model_with_report(path, num_classes=k + 4, num_queries=q // 2)
-    sd = new.state_dict()
+    new = load_model(path, num_classes=k + 4, num_queries=q // 2)
+    report, sd = new.report, new.model.state_dict()
     assert sorted(report.reinitialised) == sorted([CLASS_W, CLASS_B, QUERY])
     assert report.kept_rows == {QUERY: q // 2, CLASS_W: k, CLASS_B: k}
     assert not report.missing and not report.unexpected
@@ -116,15 +112,15 @@ def test_more_classes_and_fewer_queries(saved):
     assert all(torch.equal(sd[n], old[n]) for n in sd if n not in report.reinitialised)
     assert new.cfg.model.num_classes == k + 4 and new.cfg.model.num_queries == q // 2
     assert new.meta.class_names[:k] == meta.class_names and new.meta.num_classes == k + 4
-    out = new(torch.randn(1, 3, 64, 64))
+    out = new.model(torch.randn(1, 3, 64, 64))
     assert out["pred_logits"].shape == (1, q // 2, k + 5)
 
 
 def test_fewer_classes_keeps_no_object_row(saved):
     path, model, _, meta = saved
     old = model.state_dict()
-    new, report = load_model_with_report(path, num_classes=3)
-    sd = new.state_dict()
+    new = load_model(path, num_classes=3)
+    report, sd = new.report, new.model.state_dict()
     assert sorted(report.reinitialised) == [CLASS_B, CLASS_W] and report.kept_rows[CLASS_W] == 3
     assert torch.equal(sd[CLASS_W], torch.cat([old[CLASS_W][:3], old[CLASS_W][-1:]]))
     assert new.meta.class_names == meta.class_names[:3] and new.meta.thing_ids == (1,)

@@ -8,7 +8,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from maskformer.data import coco
-from maskformer.data.datasets import Sample
+from maskformer.data.base import Sample
 from maskformer.data.synthetic import synthetic_meta
 from maskformer.errors import DatasetError
 
@@ -48,7 +48,7 @@ def test_rle_round_trip_and_uncompressed_rle():
     unc = {"size": [23, 31], "counts": _runs_column_major(mask)}
     assert np.array_equal(coco.decode_rle(unc, 23, 31), mask)
     assert np.array_equal(coco.segmentation_to_mask(unc, 23, 31), mask)
-    with pytest.raises(ValueError):
+    with pytest.raises(DatasetError, match="differs from the image size"):
         coco.decode_rle(rle, 10, 10)
 
 

@@ -37,7 +37,7 @@ def test_demo_is_small_and_self_describing():
 
 def test_demo_segments_fresh_synthetic_images(tmp_path):
     data = write_synthetic_dataset(tmp_path / "fresh", 24, seed=777, size=128)
-    predictor = Predictor(DEMO, device="cpu")
+    predictor = Predictor.from_checkpoint(DEMO, device="cpu")
     result = evaluate_model(
         predictor, open_dataset(data), tasks=("panoptic", "semantic"), progress=False
     )

@@ -107,7 +107,7 @@ def test_ddp_matches_single_process(tiny_cfg, equal_data, tmp_path):
     status = json.loads((ddp / "status.json").read_text())
     sums = status["rank_checksums"]
     assert len(sums) == 2 and sums[0] == sums[1]
-    assert param_checksum(load_model(ddp / "model_final.safetensors")) == pytest.approx(
+    assert param_checksum(load_model(ddp / "model_final.safetensors").model) == pytest.approx(
         sums[0], rel=1e-12
     )
     for rd, rs in zip(_metrics(ddp), _metrics(single), strict=True):

@@ -31,7 +31,7 @@ def test_make_annotation_areas_and_stray_ids():
     ann = editing.make_annotation(
         m, [{"id": 1, "category_id": 3}, {"id": 2, "category_id": 3}, {"id": 9, "category_id": 3}]
     )
-    assert ann.id_map.dtype == np.int32
+    assert ann.id_map.dtype == np.uint16  # compact while every id fits
     assert ann.id_map[0, 2] == 0  # id 7 has no segment entry -> void
     assert _areas(ann) == {1: 2, 2: 2}  # id 9 has no pixels -> dropped
 

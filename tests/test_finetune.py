@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from app import callbacks as cb
-from app import transfer, views
+from app import inspector, transfer
 from app.callbacks import make_context
 from app.editing import make_annotation
 from app.finetune import (
@@ -175,7 +175,7 @@ def test_before_model_is_the_base_model_with_new_classes_disabled(tmp_path):
         colors=base.colors + ((1, 2, 3),),
     )
     image = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
-    old = Predictor(ck, device="cpu").predict(image)
+    old = Predictor.from_checkpoint(ck, device="cpu").predict(image)
     new = base_predictor(str(ck), meta9, "cpu").predict(image)
     assert new.class_logits.shape == (20, 10) and old.class_logits.shape == (20, 9)
     torch.testing.assert_close(new.class_logits[:, :8], old.class_logits[:, :8])
@@ -301,10 +301,10 @@ def _ctx_with_versions(tmp_path):
     )
     from maskformer.checkpoint import load_model
 
-    model = load_model(ck1, meta=meta9)
-    ck2 = save_checkpoint(tmp_path / "v2.safetensors", model, model.cfg, meta9)
+    loaded = load_model(ck1, meta=meta9)
+    ck2 = save_checkpoint(tmp_path / "v2.safetensors", loaded.model, loaded.cfg, meta9)
     ws = Workspace(tmp_path / "ws")
-    ctx = make_context(Predictor(ck1, device="cpu"), ws, checkpoint=ck1)
+    ctx = make_context(Predictor.from_checkpoint(ck1, device="cpu"), ws, checkpoint=ck1)
     metrics = {
         "heldout": {"PQ": 40.0, "mIoU": 50.0, "num_images": 2, "per_class": {"lake": {"PQ": 30.0}}},
         "before": {"PQ": 20.0, "mIoU": 45.0, "num_images": 2, "per_class": {"lake": {"PQ": 0.0}}},
@@ -342,7 +342,7 @@ def test_switch_and_rollback_replace_the_shared_predictor(tmp_path):
     s.prediction = replace(s.prediction, class_logits=logits)  # derived values recomputed
     cb.remerge(ctx, s, 0.0, 0.0)
     assert any(seg["category_id"] == lake.id for seg in s.annotation.segments)
-    assert views.query_detail(s.prediction.meta, s, lake_q).top5.get("lake", 0) > 0.9
+    assert dict(inspector.query_detail(ctx, s, lake_q)["top5"]).get("lake", 0) > 0.9
     sid = next(seg["id"] for seg in s.annotation.segments if seg.get("query") == lake_q)
     cb.swap_second_class(ctx, s, sid)
     assert s.annotation.segment(sid)["category_id"] == ctx.class_categories[0]
@@ -429,7 +429,9 @@ def test_restart_serves_the_active_version(tmp_path):
     assert path == Path(v2.path) and f"v{v2.id}" in why
     v1_path = ws.model_version(v2.parent).path
     assert launch.startup_checkpoint(Path(v1_path), reopened)[0] == Path(v1_path)
-    ctx1 = make_context(Predictor(v1_path, device="cpu"), reopened, checkpoint=v1_path)
+    ctx1 = make_context(
+        Predictor.from_checkpoint(v1_path, device="cpu"), reopened, checkpoint=v1_path
+    )
     assert reopened.active_model_version().id == ctx1.model_version_id == v2.parent
     Path(v2.path).unlink()  # an active version whose file is gone: fall back to the demo
     reopened.set_active_model_version(v2.id)
@@ -439,7 +441,9 @@ def test_restart_serves_the_active_version(tmp_path):
 def test_base_checkpoint_registers_an_unregistered_model(tmp_path):
     ck = tiny_checkpoint(tmp_path / "m.safetensors")
     ws = Workspace(tmp_path / "ws")
-    ctx = make_context(Predictor(ck, device="cpu"), ws)  # no checkpoint path: no version
+    ctx = make_context(
+        Predictor.from_checkpoint(ck, device="cpu"), ws
+    )  # no checkpoint path: no version
     assert ctx.model_version_id is None
     path, vid = ModelSwitcher(ctx).base_checkpoint()
     assert Path(path).is_file() and ctx.model_version_id == vid
@@ -532,7 +536,7 @@ def _correct(ctx, s: Session, smp, source: str, new_class: str) -> None:
         }
         for g in smp.segments
     ]
-    s.push(make_annotation(smp.id_map, segs))
+    s.push(make_annotation(smp.id_map, segs), "repaint to the truth")
     for g in smp.segments:
         if names[g["category_id"]] == source:
             cb.relabel_segment(ctx, s, int(g["id"]), new_class, isthing_if_new=False)
@@ -550,7 +554,7 @@ def test_finetune_end_to_end_new_class_survives_a_kill(tmp_path):
     # this base is seeded, so the test is the same wherever it runs.
     base_ck = _train_base(tmp_path, data, 20)
     ws = Workspace(tmp_path / "ws")
-    ctx = make_context(Predictor(base_ck, device="cpu"), ws, checkpoint=base_ck)
+    ctx = make_context(Predictor.from_checkpoint(base_ck, device="cpu"), ws, checkpoint=base_ck)
     base_classes = ctx.meta.num_classes
     assert SOURCE_CLASS in ctx.meta.class_names and NEW_CLASS not in ctx.meta.class_names
     for i in range(20, 40):  # images the base never saw

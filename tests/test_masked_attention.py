@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from maskformer.checkpoint import load_model_with_report, save_checkpoint
+from maskformer.checkpoint import load_model, save_checkpoint
 from maskformer.config import apply_overrides, generic_meta, get_preset
 from maskformer.losses import build_criterion, default_loss_weights
 from maskformer.model import build_model
@@ -119,17 +119,18 @@ def test_checkpoint_round_trip_and_fewer_queries(tmp_path):
         tmp_path / "m.safetensors", model, cfg, generic_meta(cfg.model.num_classes)
     )
     x = torch.randn(1, 3, 64, 64)
-    loaded, report = load_model_with_report(path)
+    loaded = load_model(path)
+    report = loaded.report
     assert not report.missing and not report.unexpected and not report.reinitialised
     with torch.no_grad():
-        assert torch.equal(loaded(x)["pred_masks"], model(x)["pred_masks"])
+        assert torch.equal(loaded.model(x)["pred_masks"], model(x)["pred_masks"])
     q = cfg.model.num_queries
-    fewer, report = load_model_with_report(path, num_queries=q // 2)
+    fewer = load_model(path, num_queries=q // 2)
     key = "predictor.query_feat.weight"
-    assert report.kept_rows[key] == q // 2
-    assert torch.equal(fewer.state_dict()[key], model.state_dict()[key][: q // 2])
+    assert fewer.report.kept_rows[key] == q // 2
+    assert torch.equal(fewer.model.state_dict()[key], model.state_dict()[key][: q // 2])
     with torch.no_grad():
-        assert fewer(x)["pred_masks"].shape[1] == q // 2
+        assert fewer.model(x)["pred_masks"].shape[1] == q // 2
 
 
 def test_build_model_picks_the_decoder_class():

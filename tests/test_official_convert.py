@@ -19,8 +19,8 @@ import torch
 
 from maskformer.__main__ import main
 from maskformer.checkpoint import load_checkpoint, load_model
-from maskformer.commands.convert import convert
 from maskformer.config import apply_overrides, get_preset
+from maskformer.converters.convert import convert
 from maskformer.converters.official import convert_official_file, infer_config
 from maskformer.errors import CheckpointError
 from maskformer.model import build_model
@@ -245,17 +245,17 @@ def test_forced_preset_keeps_k_and_q_of_the_weights(tmp_path):
 
 
 def test_hf_class_names_pick_shipped_metadata():
-    from maskformer.commands.convert import _prefer_shipped
     from maskformer.config import DatasetMeta, default_colors
+    from maskformer.converters.convert import prefer_shipped
     from maskformer.metadata import get_metadata
 
     ade = get_metadata("ade20k_150")
     hf_like = DatasetMeta(
         class_names=ade.class_names, isthing=(False,) * 150, colors=default_colors(150)
     )
-    assert _prefer_shipped(hf_like) == ade  # thing flags come from the shipped file
+    assert prefer_shipped(hf_like) == ade  # thing flags come from the shipped file
     custom = replace(hf_like, class_names=tuple(f"part{i}" for i in range(150)))
-    assert _prefer_shipped(custom) == custom
+    assert prefer_shipped(custom) == custom
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,13 +325,13 @@ def test_hf_model_through_official_layout(tmp_path, backbone):
     # the CLI on the HF folder; the native model must reproduce HF's own forward pass
     out = tmp_path / "native.safetensors"
     assert main(["convert", str(hf_dir), str(out)]) == 0
-    model = load_model(out)
+    loaded = load_model(out)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        ref, got = hf_model(pixel_values=x), model(x)
+        ref, got = hf_model(pixel_values=x), loaded.model(x)
     assert torch.allclose(got["pred_logits"], ref.class_queries_logits, atol=1e-4)
     assert torch.allclose(got["pred_masks"], ref.masks_queries_logits, atol=1e-4)
-    assert model.meta.class_names == tuple(f"thing{i}" for i in range(5))
+    assert loaded.meta.class_names == tuple(f"thing{i}" for i in range(5))
 
 
 # --------------------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ def _one_thread():
 def _predictions(setup):
     from maskformer.inference import Predictor
 
-    p = Predictor(setup / "tiny.safetensors", device="cpu")
+    p = Predictor.from_checkpoint(setup / "tiny.safetensors", device="cpu")
     with _one_thread():
         return {n: p.predict(setup / "imgs" / n) for n in ("a.png", "b.jpg")}
 

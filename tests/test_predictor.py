@@ -63,7 +63,7 @@ def _model(cfg, seed=0):
 @pytest.fixture(scope="module")
 def predictor():
     cfg = _cfg()
-    return Predictor((_model(cfg), cfg, generic_meta(8, THINGS)), device="cpu")
+    return Predictor(_model(cfg), cfg=cfg, meta=generic_meta(8, THINGS), device="cpu")
 
 
 def _image(h, w, seed=0):
@@ -181,13 +181,14 @@ def test_threads_do_not_interfere(predictor):
         np.testing.assert_array_equal(pred.image, imgs[i])
         torch.testing.assert_close(pred.mask_logits, expected[i].mask_logits)
         assert torch.equal(pred.panoptic().panoptic_seg, expected[i].panoptic().panoptic_seg)
-    assert not [k for k in vars(predictor) if k not in ("device", "dtype", "model", "cfg", "meta")]
+    stateless = ("device", "dtype", "model", "cfg", "meta", "backend")
+    assert not [k for k in vars(predictor) if k not in stateless]
 
 
 def test_default_thresholds_and_things_come_from_the_checkpoint():
     cfg = _cfg(**{"test.object_mask_threshold": 0.3, "test.overlap_threshold": 0.6})
     meta = generic_meta(8, THINGS)
-    pred = Predictor((_model(cfg), cfg, meta), device="cpu").predict(_image(50, 50))
+    pred = Predictor(_model(cfg), cfg=cfg, meta=meta, device="cpu").predict(_image(50, 50))
     ref = panoptic_inference(
         pred.class_logits,
         pred.mask_logits,
@@ -216,7 +217,7 @@ def test_semantic_paths_follow_the_official_rule():
     # semantic model (panoptic off): (K, H, W) scores are resized to the original size
     cfg = _cfg(**{"test.panoptic_on": False, "test.instance_on": False})
     meta = generic_meta(8)
-    p = Predictor((_model(cfg, seed=1), cfg, meta), device="cpu")
+    p = Predictor(_model(cfg, seed=1), cfg=cfg, meta=meta, device="cpu")
     pred = p.predict(_image(50, 75, seed=5))
     assert pred.input_mask_logits is not None and pred.input_mask_logits.shape[1:] == (64, 96)
     hf = transformers.MaskFormerImageProcessor().post_process_semantic_segmentation(
@@ -238,21 +239,21 @@ def test_semantic_paths_follow_the_official_rule():
     assert before.shape == ours.shape
     # panoptic model: logits are resized first; the semantic map uses them directly
     cfg2 = _cfg()
-    pred2 = Predictor((_model(cfg2), cfg2, generic_meta(8, THINGS)), device="cpu").predict(
+    pred2 = Predictor(_model(cfg2), cfg=cfg2, meta=generic_meta(8, THINGS), device="cpu").predict(
         _image(50, 75, seed=5)
     )
     assert pred2.input_mask_logits is None
     assert torch.equal(pred2.semantic(), semantic_map(pred2.class_logits, pred2.mask_logits))
 
 
-def test_model_with_cfg_and_meta_attributes_and_dtype():
+def test_bf16_autocast_stays_close_to_fp32():
     from maskformer.model import build_model
 
     cfg = _cfg()
     model = build_model(cfg.model)
-    model.cfg, model.meta = cfg, generic_meta(8, THINGS)
-    p32 = Predictor(model, device="cpu")
-    pbf = Predictor(model, device="cpu", dtype="bf16")
+    meta = generic_meta(8, THINGS)
+    p32 = Predictor(model, cfg=cfg, meta=meta, device="cpu")
+    pbf = Predictor(model, cfg=cfg, meta=meta, device="cpu", dtype="bf16")
     img = _image(40, 40)
     a, b = p32.predict(img), pbf.predict(img)
     assert b.mask_logits.dtype == torch.float32 and b.mask_logits.shape == a.mask_logits.shape
@@ -266,33 +267,39 @@ def test_channels_last_is_opt_in_and_agrees_with_nchw():
     meta = generic_meta(8, THINGS)
     torch.manual_seed(0)
     model = build_model(cfg.model)
-    nchw = Predictor((model, cfg, meta), device="cpu")
+    nchw = Predictor(model, cfg=cfg, meta=meta, device="cpu")
     first = next(m.weight for m in nchw.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert first.is_contiguous()  # the default leaves the caller's model as it was
     img = _image(50, 70)
     a = nchw.predict(img).mask_logits
-    nhwc = Predictor((model, cfg, meta), device="cpu", channels_last=True)
+    nhwc = Predictor(model, cfg=cfg, meta=meta, device="cpu", channels_last=True)
     assert first.is_contiguous(memory_format=torch.channels_last) and not first.is_contiguous()
     b = nhwc.predict(img).mask_logits
     assert (a - b).abs().max() <= 1e-4 * a.abs().max()
 
 
-def test_bad_checkpoints(tmp_path):
-    with pytest.raises(CheckpointError):
-        Predictor(42)
+def test_bad_checkpoints_and_wrong_types(tmp_path):
+    cfg, meta = _cfg(), generic_meta(8)
+    with pytest.raises(TypeError, match=r"nn.Module, got int; .*Predictor.from_checkpoint"):
+        Predictor(42, cfg=cfg, meta=meta)
+    with pytest.raises(TypeError, match=r"got the path .*Predictor.from_checkpoint\(path\)"):
+        Predictor("model.safetensors", cfg=cfg, meta=meta)
+    with pytest.raises(TypeError, match=r"unpack it: Predictor\(model, cfg=cfg, meta=meta\)"):
+        Predictor((_model(cfg), cfg, meta))
+    with pytest.raises(TypeError, match="cfg=dict"):
+        Predictor(_model(cfg), cfg={}, meta=meta)
     (tmp_path / "notes.txt").write_text("not a checkpoint")
     with pytest.raises(CheckpointError):
-        Predictor(tmp_path / "notes.txt", device="cpu")
-    cfg = _cfg()
+        Predictor.from_checkpoint(tmp_path / "notes.txt", device="cpu")
     with pytest.raises(CheckpointError, match="classes"):
-        Predictor((_model(cfg), cfg, generic_meta(5)), device="cpu")
+        Predictor(_model(cfg), cfg=cfg, meta=generic_meta(5), device="cpu")
     with pytest.raises(UserError, match="dtype"):
-        Predictor((_model(cfg), cfg, generic_meta(8)), device="cpu", dtype="int8")
+        Predictor(_model(cfg), cfg=cfg, meta=generic_meta(8), device="cpu", dtype="int8")
     with pytest.raises(UserError, match="device"):
-        Predictor((_model(cfg), cfg, generic_meta(8)), device="banana")
+        Predictor(_model(cfg), cfg=cfg, meta=generic_meta(8), device="banana")
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="CUDA"):
-            Predictor((_model(cfg), cfg, generic_meta(8)), device="cuda")
+            Predictor(_model(cfg), cfg=cfg, meta=generic_meta(8), device="cuda")
 
 
 def test_prediction_is_a_plain_container():

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from maskformer.errors import UserError
+from maskformer.sources import CHECKPOINT_HELP
 
 HELP = (
     "score a checkpoint on a labelled dataset (PQ, mIoU, mask AP), or score existing COCO "
@@ -21,7 +22,7 @@ TASKS = ("panoptic", "semantic", "instance")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", metavar="CKPT", help="a native .safetensors checkpoint")
+    src.add_argument("--checkpoint", metavar="CKPT", help=CHECKPOINT_HELP)
     src.add_argument(
         "--predictions",
         metavar="PRED",
@@ -64,7 +65,7 @@ def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from maskformer.inference import Predictor
 
     dataset = open_dataset(args.data)
-    predictor = Predictor(args.checkpoint, device=args.device)
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
     return evaluate_model(
         predictor,
         dataset,

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from maskformer.errors import ImageReadError, UserError
+from maskformer.sources import CHECKPOINT_HELP
 
 HELP = (
     "run a checkpoint on images (files, folders or globs) and write COCO-format results "
@@ -35,7 +36,16 @@ IMAGE_SUFFIXES = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--checkpoint", required=True, metavar="CKPT", help="a native .safetensors checkpoint"
+        "--checkpoint",
+        required=True,
+        metavar="CKPT",
+        help=CHECKPOINT_HELP + "; or an exported .onnx model (run by onnxruntime)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "onnxruntime"),  # inference.backends.BACKENDS, without importing torch
+        help="what runs the network: torch (default), or onnxruntime (the model exported to ONNX "
+        "in memory, or an .onnx file; needs requirements-onnx.txt)",
     )
     parser.add_argument(
         "images",
@@ -106,14 +116,20 @@ def expand_images(patterns: list[str]) -> list[Path]:
     return out
 
 
+# Output stems are cut to this many UTF-8 bytes: "<stem>_overlay.png" and its temp file must fit
+# the 255-byte file names of common file systems even when the input's name is 255 bytes long.
+MAX_STEM_BYTES = 200
+
+
 def output_names(paths: list[Path]) -> list[str]:
-    """Unique output stems: the file stem, with ``_2``, ``_3`` ... on collisions."""
+    """Unique output stems: the file stem (cut to MAX_STEM_BYTES), ``_2``, ``_3`` ... on collisions."""
     seen: dict[str, int] = {}
     names = []
     for p in paths:
-        n = seen.get(p.stem, 0) + 1
-        seen[p.stem] = n
-        names.append(p.stem if n == 1 else f"{p.stem}_{n}")
+        stem = p.stem.encode("utf-8")[:MAX_STEM_BYTES].decode("utf-8", "ignore")
+        n = seen.get(stem, 0) + 1
+        seen[stem] = n
+        names.append(stem if n == 1 else f"{stem}_{n}")
     return names
 
 
@@ -239,8 +255,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out} exists and is not a folder")
     from maskformer.inference import Predictor
 
-    predictor = Predictor(
-        args.checkpoint, device=args.device, dtype=args.dtype, channels_last=args.channels_last
+    predictor = Predictor.from_checkpoint(
+        args.checkpoint,
+        device=args.device,
+        dtype=args.dtype,
+        channels_last=args.channels_last,
+        backend=args.backend,
     )
     task = args.task or ("panoptic" if predictor.cfg.test.panoptic_on else "semantic")
     writer = _Writer(args, predictor, task)

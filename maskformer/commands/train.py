@@ -11,6 +11,7 @@ from pathlib import Path
 
 from maskformer.config import Config, ConfigError, apply_overrides, get_preset, load_config_file
 from maskformer.errors import UserError
+from maskformer.sources import CHECKPOINT_HELP
 
 HELP = (
     "train or fine-tune MaskFormer (multi-GPU: torchrun --nproc_per_node N -m maskformer train ...)"
@@ -53,8 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--init",
         metavar="CKPT",
-        help="start from this native checkpoint (new classes extend the classifier); "
-        "without --preset/--config its config is used",
+        help="start from this checkpoint (new classes extend the classifier; tensors of other "
+        "shapes are re-initialised and listed); without --preset/--config its config is used. "
+        + CHECKPOINT_HELP,
     )
     parser.add_argument(
         "--resume",
@@ -101,9 +103,9 @@ def resolve_config(args: argparse.Namespace) -> Config:
     elif args.resume and run_config.exists():
         cfg = load_config_file(run_config)
     elif args.init:
-        from maskformer.checkpoint import peek_checkpoint
+        from maskformer.checkpoint import verify_checkpoint
 
-        cfg = peek_checkpoint(args.init).cfg
+        cfg = verify_checkpoint(args.init).cfg
     else:
         raise UserError(
             "give --preset NAME or --config FILE.json (or --init CKPT to reuse its config)"
@@ -135,6 +137,14 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, _interrupt)
         keep_freed_memory()  # this process is the training run: ~25 % faster steps on CPU
 
+    if args.init:
+        from maskformer.checkpoint import verify_checkpoint
+        from maskformer.sources import resolve_checkpoint
+
+        # Converted once (official, Hugging Face) and checked against its own config before any
+        # model is built from it: a header claiming 10^7 queries is refused, not allocated.
+        args.init = str(resolve_checkpoint(args.init).path)
+        verify_checkpoint(args.init)
     try:
         cfg = resolve_config(args)
     except ConfigError as e:

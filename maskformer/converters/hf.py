@@ -180,7 +180,7 @@ def convert_hf_state_dict(
     Returns:
         Our state dict (float tensors as stored) and the matching ``Config``.
     """
-    cfg, _ = config_from_hf(hf_config, meta)
+    cfg, _ = config_from_hf(hf_config, meta, num_classes=_stored_classes(hf_state_dict))
     out: dict[str, Tensor] = {}
     packed: dict[str, dict[str, Tensor]] = {}
     for key, value in hf_state_dict.items():
@@ -199,6 +199,12 @@ def convert_hf_state_dict(
             raise CheckpointError(f"{name}: the HF checkpoint has only {sorted(parts)} of q, k, v")
         out[name] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
     return out, cfg
+
+
+def _stored_classes(hf_state_dict: dict[str, Tensor]) -> int | None:
+    """K as the class predictor (K+1, D) stores it, or None when the weights lack it."""
+    w = hf_state_dict.get("class_predictor.weight")
+    return None if w is None or w.dim() != 2 else int(w.shape[0]) - 1
 
 
 def _backbone_fields(bb: dict[str, Any]) -> dict[str, Any]:
@@ -241,12 +247,19 @@ def _backbone_fields(bb: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_from_hf(
-    hf_config: dict[str, Any], meta: DatasetMeta | None = None
+    hf_config: dict[str, Any],
+    meta: DatasetMeta | None = None,
+    *,
+    num_classes: int | None = None,
 ) -> tuple[Config, DatasetMeta]:
     """Our ``Config`` and ``DatasetMeta`` for an HF MaskFormer ``config.json``.
 
-    Class names come from ``id2label``; HF does not record thing/stuff flags, so every class is
-    stuff unless ``meta`` is given (it must have the same number of classes).
+    Class names come from ``id2label``. transformers leaves ``id2label`` out of ``config.json``
+    when it is its default two-label map (and reads such a file back with 2 classes): then K is
+    ``num_classes`` (the class predictor's rows - 1, when the weights are at hand), else
+    ``num_labels``, else 2, and the names are HF's defaults ``LABEL_0``, ``LABEL_1``, ...
+    HF does not record thing/stuff flags, so every class is stuff unless ``meta`` is given (it
+    must have the same number of classes).
     """
     if hf_config.get("model_type") != "maskformer":
         raise CheckpointError(
@@ -256,10 +269,8 @@ def config_from_hf(
     dec = hf_config.get("decoder_config") or {}
     if dec.get("activation_function", "relu") != "relu":
         raise CheckpointError("only ReLU DETR decoders are supported")
-    id2label = {int(k): v for k, v in (hf_config.get("id2label") or {}).items()}
+    id2label = _id2label(hf_config, num_classes)
     k = len(id2label)
-    if k == 0 or sorted(id2label) != list(range(k)):
-        raise CheckpointError("the HF config's id2label must name classes 0..K-1")
     model = ModelConfig(
         **_backbone_fields(hf_config.get("backbone_config") or {}),
         num_classes=k,
@@ -285,6 +296,28 @@ def config_from_hf(
             f"the metadata has {meta.num_classes} classes but the HF model has {k}"
         )
     return cfg, meta
+
+
+def _id2label(hf_config: dict[str, Any], num_classes: int | None) -> dict[int, str]:
+    raw = hf_config.get("id2label")
+    if not raw:  # HF's default map, left out of config.json
+        k = num_classes if num_classes is not None else int(hf_config.get("num_labels", 2))
+        if k < 1:
+            raise CheckpointError(f"the HF model has {k} classes")
+        return {i: f"LABEL_{i}" for i in range(k)}
+    try:
+        id2label = {int(i): str(name) for i, name in raw.items()}
+    except (AttributeError, TypeError, ValueError):
+        raise CheckpointError("the HF config's id2label must map class ids to names") from None
+    k = len(id2label)
+    if sorted(id2label) != list(range(k)):
+        raise CheckpointError("the HF config's id2label must name classes 0..K-1")
+    if num_classes is not None and num_classes != k:
+        raise CheckpointError(
+            f"the HF config's id2label names {k} classes but its class predictor has "
+            f"{num_classes} (+1 no-object) rows"
+        )
+    return id2label
 
 
 def read_hf_directory(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:

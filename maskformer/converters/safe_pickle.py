@@ -88,18 +88,9 @@ def load_pickle_file(path: str | Path) -> Any:
             return RestrictedUnpickler(f, path=path, encoding="latin1").load()
     except CheckpointError:
         raise
-    except (
-        pickle.UnpicklingError,
-        EOFError,
-        ValueError,
-        TypeError,
-        AttributeError,
-        IndexError,
-        KeyError,
-        MemoryError,
-        UnicodeDecodeError,
-    ) as e:
-        raise CheckpointError(f"cannot read {path}: not a valid pickle file ({e})") from None
+    except Exception as e:  # noqa: BLE001 - a hostile stream can raise almost anything
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read {path}: not a valid pickle file ({first})") from None
 
 
 def load_torch_file(path: str | Path) -> Any:

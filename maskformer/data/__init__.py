@@ -5,7 +5,8 @@
 ``maskformer.data.targets`` and are imported lazily so that reading data does not load torch.
 """
 
-from maskformer.data.datasets import LabeledDataset, Sample, open_dataset
+from maskformer.data.base import LabeledDataset, Sample
+from maskformer.data.datasets import open_dataset
 from maskformer.data.instances_dataset import CocoInstancesDataset
 from maskformer.data.panoptic_dataset import (
     CocoPanopticDataset,

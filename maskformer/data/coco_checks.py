@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from maskformer.data.datasets import Problems, check_type
+from maskformer.data.base import Problems, check_type
+from maskformer.data.coco import check_mask_size
 
 
 def parse_categories(data: Any, where: str, problems: Problems) -> list[dict[str, Any]]:
@@ -16,7 +17,7 @@ def parse_categories(data: Any, where: str, problems: Problems) -> list[dict[str
     if not isinstance(cats, list) or not cats:
         problems.add(f"{where}: 'categories' must be a non-empty list, got {cats!r}"[:300])
         return []
-    out, seen = [], set()
+    out, seen, names = [], set(), {}
     for j, c in enumerate(cats):
         at = f"{where}: categories[{j}]"
         if not check_type(c, dict, at, problems) or not check_type(
@@ -27,10 +28,26 @@ def parse_categories(data: Any, where: str, problems: Problems) -> list[dict[str
             problems.add(f"{at}.id {c['id']} is a duplicate category id")
             continue
         if "name" in c and not isinstance(c["name"], str):
-            problems.add(f"{at}.name must be a string, got {c['name']!r}")
+            problems.add(f"{at}.name must be a string, got {c['name']!r}"[:300])
+            continue
+        # Two categories of one name would become one class wherever classes go by name (the
+        # app's workspace): a stuff "sky" would turn into a thing. Refused, not merged.
+        name = category_name(c).strip()
+        if name in names:
+            problems.add(
+                f"{at} has the name {name[:100]!r} of categories[{names[name]}]; category "
+                "names must be unique"
+            )
+            continue
+        names[name] = j
         seen.add(c["id"])
         out.append(c)
     return out
+
+
+def category_name(category: dict[str, Any]) -> str:
+    """A category's name; ``class_<id>`` when it has none."""
+    return str(category.get("name", f"class_{category['id']}"))
 
 
 def parse_images(
@@ -51,6 +68,12 @@ def parse_images(
         for key in ("height", "width"):
             if need_size or key in im:
                 ok &= check_type(im.get(key), int, f"{at}.{key}", problems)
+        if ok and "height" in im and "width" in im:
+            try:  # a declared size is what masks get allocated at: refuse absurd ones here
+                check_mask_size(im["height"], im["width"])
+            except ValueError as e:
+                problems.add(f"{at} ({im['file_name'][:100]}): {e}")
+                ok = False
         if not ok:
             continue
         if im["id"] in out:

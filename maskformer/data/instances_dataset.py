@@ -9,17 +9,19 @@ from typing import Any
 import numpy as np
 
 from maskformer.config import DatasetMeta
-from maskformer.data.coco import read_json, segmentation_to_mask
-from maskformer.data.coco_checks import parse_categories, parse_images
-from maskformer.data.datasets import (
+from maskformer.data.base import (
     LabeledDataset,
     Problems,
-    _hw,
     check_type,
+    format_hw,
     image_header_size,
+    inside,
     meta_from_categories,
     override_meta,
 )
+from maskformer.data.coco import check_polygons, check_rle, read_json, segmentation_to_mask
+from maskformer.data.coco_checks import parse_categories, parse_images
+from maskformer.errors import DatasetError
 
 
 @dataclass(frozen=True)
@@ -73,11 +75,14 @@ class CocoInstancesDataset(LabeledDataset):
             for im in images.values()
         ]
         for it in self._items:
-            if not (self.image_dir / it.file_name).is_file():
+            path = inside(self.image_dir, it.file_name)
+            if path is None:
                 problems.add(
-                    f"{self.rel(self.image_dir / it.file_name)}: image file not found "
-                    f"(listed in {jname})"
+                    f"{jname}: file_name {it.file_name[:200]!r} leaves the image folder "
+                    f"{self.rel(self.image_dir)}/ (absolute, '..' or a symlink out)"
                 )
+            elif not path.is_file():
+                problems.add(f"{self.rel(path)}: image file not found (listed in {jname})")
         problems.raise_if_any(str(self.root))
 
     def _parse_annotations(
@@ -135,8 +140,22 @@ class CocoInstancesDataset(LabeledDataset):
     def image_info(self, i: int) -> tuple[int | str, str]:
         return self._items[i].image_id, self._items[i].file_name
 
+    def _size_problem(self, i: int) -> str | None:
+        """The image's real size must be the declared one before any mask is decoded at it."""
+        it = self._items[i]
+        h, w = image_header_size(self.image_path(i))
+        if (h, w) == it.size:
+            return None
+        return (
+            f"{self.rel(self.image_path(i))}: size {format_hw((h, w))} differs from "
+            f"{self.rel(self.json_path)} (height {it.size[0]}, width {it.size[1]})"
+        )
+
     def load_labels(self, i: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
         it = self._items[i]
+        problem = self._size_problem(i)
+        if problem:
+            raise DatasetError(problem)
         h, w = it.size
         masks = [segmentation_to_mask(a["segmentation"], h, w) for a in it.anns]
         areas = [int(m.sum()) for m in masks]
@@ -162,17 +181,14 @@ class CocoInstancesDataset(LabeledDataset):
 
     def problems(self, i: int) -> list[str]:
         it = self._items[i]
-        h, w = image_header_size(self.image_path(i))
+        problem = self._size_problem(i)
+        if problem:
+            return [problem]  # masks are not decoded at a size that is not the image's
         out = []
-        if (h, w) != it.size:
-            out.append(
-                f"{self.rel(self.image_path(i))}: size {_hw((h, w))} differs from "
-                f"{self.rel(self.json_path)} (height {it.size[0]}, width {it.size[1]})"
-            )
         for a in it.anns:
             try:
                 segmentation_to_mask(a["segmentation"], *it.size)
-            except Exception as e:  # noqa: BLE001 -- pycocotools raises assorted types on bad data
+            except DatasetError as e:
                 out.append(
                     f"{self.rel(self.json_path)}: annotation {a['ann_id']}: cannot decode "
                     f"its segmentation ({e})"
@@ -181,34 +197,16 @@ class CocoInstancesDataset(LabeledDataset):
 
 
 def _check_segmentation(segm: Any, size: tuple[int, int], at: str, problems: Problems) -> bool:
-    """Polygons: lists of an even number (>= 6) of numbers. RLE: counts, size = the image size."""
-    if isinstance(segm, list):
-        for k, poly in enumerate(segm):
-            if not isinstance(poly, list) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in poly
-            ):
-                problems.add(f"{at}[{k}] must be a list of numbers, got {poly!r}"[:300])
-                return False
-            if len(poly) < 6 or len(poly) % 2:
-                problems.add(
-                    f"{at}[{k}] has {len(poly)} coordinates; a polygon needs an even "
-                    "number, at least 6"
-                )
-                return False
-        return True
-    if isinstance(segm, dict):
-        counts, rsize = segm.get("counts"), segm.get("size")
-        if not (
-            isinstance(counts, str)
-            or (isinstance(counts, list) and all(isinstance(v, int) for v in counts))
-        ):
-            problems.add(
-                f"{at}.counts must be a string or a list of integers, got {type(counts).__name__}"
-            )
+    """Polygons inside the image, or an RLE of the image's size whose runs cover it exactly."""
+    try:
+        if isinstance(segm, list):
+            check_polygons(segm, *size, at)
+        elif isinstance(segm, dict):
+            check_rle(segm, *size, at)
+        else:
+            problems.add(f"{at} must be a polygon list or an RLE object, got {type(segm).__name__}")
             return False
-        if not (isinstance(rsize, list) and len(rsize) == 2 and list(rsize) == list(size)):
-            problems.add(f"{at}.size {rsize!r} differs from the image size [{size[0]}, {size[1]}]")
-            return False
-        return True
-    problems.add(f"{at} must be a polygon list or an RLE object, got {type(segm).__name__}")
-    return False
+    except ValueError as e:
+        problems.add(str(e))
+        return False
+    return True

@@ -9,18 +9,19 @@ from typing import Any
 import numpy as np
 
 from maskformer.config import DatasetMeta
-from maskformer.data.coco import read_json, read_panoptic_png
-from maskformer.data.coco_checks import parse_categories, parse_images
-from maskformer.data.datasets import (
+from maskformer.data.base import (
     LabeledDataset,
     Problems,
-    _hw,
     check_type,
+    format_hw,
     image_header_size,
+    inside,
     meta_from_categories,
     override_meta,
     segments_with_area,
 )
+from maskformer.data.coco import read_json, read_panoptic_png
+from maskformer.data.coco_checks import parse_categories, parse_images
 from maskformer.errors import DatasetError
 
 
@@ -116,8 +117,10 @@ class CocoPanopticDataset(LabeledDataset):
                     "which is not in categories"
                 )
                 continue
-            if s["id"] <= 0 or s["id"] in seen:
-                problems.add(f"{sat}.id {s['id']} is not a positive, unique segment id")
+            if not 0 < s["id"] < 1 << 24 or s["id"] in seen:  # ids are RGB triples in the PNG
+                problems.add(
+                    f"{sat}.id {s['id']} is not a unique segment id in 1 .. 2^24 - 1"[:300]
+                )
                 continue
             seen.add(s["id"])
             cls = contiguous[s["category_id"]]
@@ -132,17 +135,20 @@ class CocoPanopticDataset(LabeledDataset):
         return segs
 
     def _check_files(self, problems: Problems) -> None:
+        jname = self.rel(self.json_path)
         for it in self._items:
-            if not (self.image_dir / it.file_name).is_file():
-                problems.add(
-                    f"{self.rel(self.image_dir / it.file_name)}: image file not found "
-                    f"(listed in {self.rel(self.json_path)})"
-                )
-            if not (self.png_dir / it.png_name).is_file():
-                problems.add(
-                    f"{self.rel(self.png_dir / it.png_name)}: panoptic PNG not found "
-                    f"(listed in {self.rel(self.json_path)})"
-                )
+            for folder, name, what in (
+                (self.image_dir, it.file_name, "image file"),
+                (self.png_dir, it.png_name, "panoptic PNG"),
+            ):
+                path = inside(folder, name)
+                if path is None:
+                    problems.add(
+                        f"{jname}: file_name {name[:200]!r} leaves the {what}'s folder "
+                        f"{self.rel(folder)}/ (absolute, '..' or a symlink out)"
+                    )
+                elif not path.is_file():
+                    problems.add(f"{self.rel(path)}: {what} not found (listed in {jname})")
 
     # ----------------------------------------------------------------------------------------
 
@@ -172,6 +178,9 @@ class CocoPanopticDataset(LabeledDataset):
         id_map[~np.isin(id_map, known)] = 0  # ids without segments_info are void
         return id_map, segments_with_area(id_map, segments)
 
+    def source_files(self, i: int) -> list[Path]:
+        return [self.image_path(i), self.png_path(i)]
+
     def problems(self, i: int) -> list[str]:
         it, png = self._items[i], self.rel(self.png_path(i))
         ids_map = self._read_png(i)
@@ -180,11 +189,11 @@ class CocoPanopticDataset(LabeledDataset):
         img = self.rel(self.image_path(i))
         if (h, w) != ids_map.shape:
             out.append(
-                f"{png}: size {_hw(ids_map.shape)} differs from its image {img} ({_hw((h, w))})"
+                f"{png}: size {format_hw(ids_map.shape)} differs from its image {img} ({format_hw((h, w))})"
             )
         if it.size is not None and it.size != (h, w):
             out.append(
-                f"{img}: size {_hw((h, w))} differs from {self.rel(self.json_path)} "
+                f"{img}: size {format_hw((h, w))} differs from {self.rel(self.json_path)} "
                 f"(height {it.size[0]}, width {it.size[1]})"
             )
         present = set(np.unique(ids_map).tolist()) - {0}
@@ -208,17 +217,22 @@ def open_coco_panoptic(
 
 
 def open_coco_panoptic_json(
-    json_path: str | Path, *, meta: DatasetMeta | None = None, data: Any = None
+    json_path: str | Path,
+    *,
+    meta: DatasetMeta | None = None,
+    data: Any = None,
+    within: str | Path | None = None,
 ) -> CocoPanopticDataset:
     """Open a COCO panoptic JSON, finding its PNG and image folders next to it.
 
     PNGs: ``<json stem>/`` or ``panoptic/`` beside the JSON. Images: ``images/`` beside it, the
     split folder named by the stem without ``panoptic_`` (beside it or one level up, as in COCO's
-    ``annotations/panoptic_val2017.json`` + ``val2017/``), or the JSON's own folder.
+    ``annotations/panoptic_val2017.json`` + ``val2017/``), or the JSON's own folder. With
+    ``within``, only folders inside it are considered.
     """
     p = Path(json_path)
     parent, split = p.parent, p.stem.removeprefix("panoptic_")
-    png_dirs = [parent / p.stem, parent / "panoptic"]
+    png_dirs = _within([parent / p.stem, parent / "panoptic"], within)
     png_dir = next((d for d in png_dirs if d.is_dir()), None)
     if png_dir is None:
         raise DatasetError(
@@ -228,11 +242,18 @@ def open_coco_panoptic_json(
         )
     data = read_json(p) if data is None else data
     first = _first_file_name(data)
-    image_dirs = [parent / "images", parent / split, parent.parent / split, parent]
+    image_dirs = _within([parent / "images", parent / split, parent.parent / split, parent], within)
     existing = [d for d in image_dirs if d.is_dir() and d != png_dir]
     with_first = [d for d in existing if first and (d / first).is_file()]
     image_dir = (with_first or existing or [parent])[0]
     return CocoPanopticDataset(p, png_dir, image_dir, meta=meta, data=data)
+
+
+def _within(folders: list[Path], root: str | Path | None) -> list[Path]:
+    if root is None:
+        return folders
+    top = Path(root).resolve()
+    return [d for d in folders if d.resolve().is_relative_to(top)]
 
 
 def _first_file_name(data: Any) -> str | None:

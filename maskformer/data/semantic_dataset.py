@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -11,13 +13,15 @@ import numpy as np
 from PIL import Image
 
 from maskformer.config import DatasetMeta, default_colors, generic_meta
-from maskformer.data.datasets import (
+from maskformer.data.base import (
     IMAGE_EXTENSIONS,
     LabeledDataset,
     Problems,
-    _hw,
+    format_hw,
     image_header_size,
+    inside,
 )
+from maskformer.data.coco import check_mask_size, read_json
 from maskformer.errors import DatasetError
 
 LABEL_EXTENSIONS = (".png", ".tif", ".tiff")
@@ -55,9 +59,9 @@ class SemanticDataset(LabeledDataset):
         self.meta = meta or self._meta_from_files() or self._meta_from_labels()
 
     def _pair_files(self) -> list[tuple[Path, Path]]:
-        images = _by_stem(self.image_dir, IMAGE_EXTENSIONS)
-        labels = _by_stem(self.ann_dir, LABEL_EXTENSIONS)
         problems = Problems()
+        images = _by_stem(self.image_dir, IMAGE_EXTENSIONS, problems)
+        labels = _by_stem(self.ann_dir, LABEL_EXTENSIONS, problems)
         for key in sorted(set(images) - set(labels)):
             problems.add(
                 f"{self.rel(images[key])}: no label file for it in {self.rel(self.ann_dir)}/"
@@ -77,8 +81,6 @@ class SemanticDataset(LabeledDataset):
             ]
             entries: list[Any] = names
         elif js.is_file():
-            from maskformer.data.coco import read_json
-
             entries = read_json(js)
             entries = entries.get("classes") if isinstance(entries, dict) else entries
         else:
@@ -122,14 +124,20 @@ class SemanticDataset(LabeledDataset):
     def _read_label(self, i: int) -> np.ndarray:
         path = self.label_path(i)
         try:
-            with Image.open(path) as im:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(path)
+            with im:
+                check_mask_size(im.height, im.width)
                 if im.mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L", "1"):
                     raise DatasetError(
                         f"{self.rel(path)}: label image has mode {im.mode}; "
                         "semantic labels must be single-channel (one class per pixel)"
                     )
                 return np.asarray(im).astype(np.int32)  # (H, W)
-        except OSError as e:
+        except Image.DecompressionBombError:
+            raise DatasetError(f"{self.rel(path)}: cannot read label file (too large)") from None
+        except (OSError, ValueError) as e:
             raise DatasetError(f"{self.rel(path)}: cannot read label file ({e})") from None
 
     def _classes(self, raw: np.ndarray) -> np.ndarray:
@@ -170,14 +178,17 @@ class SemanticDataset(LabeledDataset):
         ]
         return id_map, segments
 
+    def source_files(self, i: int) -> list[Path]:
+        return list(self._pairs[i])
+
     def problems(self, i: int) -> list[str]:
         labels = self._classes(self._read_label(i))
         out = []
         h, w = image_header_size(self.image_path(i))
         if (h, w) != labels.shape:
             out.append(
-                f"{self.rel(self.label_path(i))}: size {_hw(labels.shape)} differs from "
-                f"its image {self.rel(self.image_path(i))} ({_hw((h, w))})"
+                f"{self.rel(self.label_path(i))}: size {format_hw(labels.shape)} differs from "
+                f"its image {self.rel(self.image_path(i))} ({format_hw((h, w))})"
             )
         msg = self._out_of_range(i, labels)
         if msg:
@@ -185,12 +196,27 @@ class SemanticDataset(LabeledDataset):
         return out
 
 
-def _by_stem(folder: Path, exts: tuple[str, ...]) -> dict[str, Path]:
-    """Files under ``folder`` with one of ``exts``, keyed by relative path without the extension."""
+def _by_stem(folder: Path, exts: tuple[str, ...], problems: Problems) -> dict[str, Path]:
+    """Files under ``folder`` with one of ``exts``, keyed by relative path without the extension.
+
+    Symlinked folders are not entered and a file that resolves outside ``folder`` is a problem:
+    a dataset reads only its own files.
+    """
     out: dict[str, Path] = {}
-    for p in sorted(folder.rglob("*")):
-        if p.suffix.lower() in exts and p.is_file() and not p.name.startswith("."):
-            out.setdefault(p.relative_to(folder).with_suffix("").as_posix(), p)
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if Path(name).suffix.lower() not in exts or name.startswith("."):
+                continue
+            rel = p.relative_to(folder).as_posix()
+            if inside(folder, rel) is None:
+                problems.add(
+                    f"{p}: a symlink to outside {folder}/ (a dataset reads only its files)"
+                )
+                continue
+            if p.is_file():
+                out.setdefault(p.relative_to(folder).with_suffix("").as_posix(), p)
     return out
 
 

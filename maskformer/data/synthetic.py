@@ -24,7 +24,7 @@ import numpy as np
 
 from maskformer.config import DatasetMeta
 from maskformer.data import coco
-from maskformer.data.datasets import Sample
+from maskformer.data.base import Sample
 
 THING_NAMES = ("circle", "square", "triangle", "star", "ring")
 STUFF_NAMES = ("sky", "grass", "water")

@@ -34,7 +34,7 @@ import torch
 
 from maskformer.config import InputConfig
 from maskformer.contracts import Target
-from maskformer.data.datasets import LabeledDataset
+from maskformer.data.base import LabeledDataset
 from maskformer.data.transforms import train_mapper
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from maskformer.config import DatasetMeta
+from maskformer.data.coco import read_json, segmentation_to_rle
 from maskformer.errors import DatasetError
 from maskformer.evaluation.metrics import compact_ids
 
@@ -110,19 +110,16 @@ def coco_gt_dict(
 
 
 def _load_json(path: str | Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise DatasetError(f"cannot read COCO JSON {path}: {e}") from None
+    return read_json(path)  # one line for a broken, unreadable or too deeply nested file
 
 
 def _to_rle(seg: Any, h: int, w: int) -> dict[str, Any]:
-    """Compressed RLE of a polygon list, an uncompressed RLE or a compressed one."""
-    if isinstance(seg, list):
-        return mask_util.merge(mask_util.frPyObjects(seg, h, w))
-    if isinstance(seg.get("counts"), list):
-        return mask_util.frPyObjects(seg, h, w)
-    return dict(seg)
+    """Compressed RLE of a polygon list, an uncompressed RLE or a compressed one.
+
+    Checked in Python first (``segmentation_to_rle``): pycocotools crashes or raises assorted
+    errors on garbage. A bad result raises DatasetError.
+    """
+    return segmentation_to_rle(seg, h, w)
 
 
 def _prepare_results(results: Sequence[Mapping[str, Any]], gt: COCO) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ from PIL import Image
 
 from maskformer.config import DatasetMeta
 from maskformer.data import open_dataset
-from maskformer.data.coco import read_json, read_panoptic_png
+from maskformer.data.coco import check_results, read_json, read_panoptic_png
 from maskformer.errors import DatasetError, UserError
 from maskformer.evaluation.coco_ap import (
     coco_gt_dict,
@@ -339,13 +339,19 @@ def _score_instance_file(
 ) -> dict[str, Any]:
     meta: DatasetMeta = dataset.meta
     results = data if isinstance(data, list) else data["annotations"]
+    check_results(results, pred_path.name)  # before pycocotools sees a single field
     # File names: the file's own "images", else the images.json that ``predict`` writes beside it.
     listing = data if isinstance(data, dict) else {}
     if not listing and (pred_path.parent / "images.json").is_file():
         listing = read_json(pred_path.parent / "images.json")
     pred_names: dict[Any, str] = {}
     if isinstance(listing, dict):
-        pred_names = {im["id"]: im.get("file_name", "") for im in listing.get("images", [])}
+        images = listing.get("images")
+        pred_names = {
+            im["id"]: str(im.get("file_name", ""))
+            for im in (images if isinstance(images, list) else [])
+            if isinstance(im, dict) and isinstance(im.get("id"), (int, str))
+        }
     for r in results:
         pred_names.setdefault(r["image_id"], "")
     keys = _match_images(dataset, pred_names, pred_path)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from maskformer.config import Config, DatasetMeta, TestConfig
 from maskformer.errors import CheckpointError, UserError
 from maskformer.image_io import ImageSource, load_image
+from maskformer.inference.backends import Backend, TorchBackend, check_backend
 from maskformer.inference.postprocess import (
     InstanceResult,
     PanopticResult,
@@ -151,49 +152,109 @@ def _default(value: Any, fallback: Any) -> Any:
 
 
 class Predictor:
-    """Runs a MaskFormer on images. Holds only the model and its config: safe to share across threads.
+    """Runs a MaskFormer on images. Holds only the network and its config: safe to share across
+    threads.
+
+    Build one with ``Predictor.from_checkpoint(path)`` (any checkpoint: native, Hugging Face,
+    official, or an exported .onnx file), or from a model in memory with
+    ``Predictor(model, cfg=cfg, meta=meta)``.
 
     Args:
-        checkpoint: a native checkpoint path, a ``(model, cfg, meta)`` tuple, or a model carrying
-            ``.cfg`` and ``.meta`` (what ``maskformer.checkpoint.load_model`` returns).
+        model: the network (``build_model(cfg.model)`` with its weights); moved to ``device``.
+        cfg: the config the model was built from (input sizes, test thresholds, padding); required.
+        meta: the class metadata (K entries); required. (Both default to None only so that a
+            wrong first argument, such as a path, gets a message saying what to call instead.)
         device: "cpu", "cuda", ...; default CUDA when available.
         dtype: None / float32, or bfloat16 / float16 (also "bf16", "fp16") for autocast.
         channels_last: Put the weights in NHWC layout (a passed-in model is moved, as by
             ``device``): the R50 forward 11-13 % faster in fp32, 19-25 % in bf16 on CPU (512 px),
             but oneDNN's NHWC kernels round differently with the thread count, so outputs are
             no longer bit-identical across machines and processes; off by default.
+        backend: "torch", or "onnxruntime": the model is exported to ONNX (in memory, dynamic
+            input size) and run by onnxruntime, with the same pre- and post-processing.
     """
 
     def __init__(
         self,
-        checkpoint: str | Path | tuple | nn.Module,
+        model: nn.Module,
+        *,
+        cfg: Config | None = None,
+        meta: DatasetMeta | None = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = None,
         channels_last: bool = False,
+        backend: str = "torch",
     ) -> None:
-        try:
-            self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        except RuntimeError as e:
-            raise UserError(f"unknown device {device!r} ({e})") from None
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(
-                f"device {device!r} asked for, but CUDA is not available here; use --device cpu"
+        if not isinstance(model, nn.Module):
+            raise TypeError(_wrong_model_message(model))
+        if not isinstance(cfg, Config) or not isinstance(meta, DatasetMeta):
+            raise TypeError(
+                "Predictor(model, cfg=..., meta=...) needs a maskformer.config.Config and a "
+                f"DatasetMeta, got cfg={type(cfg).__name__}, meta={type(meta).__name__}"
             )
+        self.cfg, self.meta = cfg, meta
+        _check_classes(cfg, meta)
+        self.device = _parse_device(device)
         self.dtype = _parse_dtype(dtype)
-        model, self.cfg, self.meta = _resolve(checkpoint, self.device)
         self.model = model.to(self.device).eval()
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        if self.meta.num_classes != self.cfg.model.num_classes:
-            raise CheckpointError(
-                f"the metadata names {self.meta.num_classes} classes but the "
-                f"model predicts {self.cfg.model.num_classes}"
-            )
+        if check_backend(backend) == "onnxruntime":
+            from maskformer.deploy import onnx_backend_for_model
+
+            _check_onnx_options(self.device, self.dtype, channels_last)
+            self.backend: Backend = onnx_backend_for_model(self.model, cfg=cfg, meta=meta)
+        else:
+            self.backend = TorchBackend(model=self.model, device=self.device, dtype=self.dtype)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, **kwargs: Any) -> Predictor:
-        """A Predictor on a checkpoint file; ``kwargs`` as for the constructor."""
-        return cls(path, **kwargs)
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        channels_last: bool = False,
+        backend: str | None = None,
+    ) -> Predictor:
+        """A Predictor on a checkpoint: a native .safetensors file, a Hugging Face folder or hub
+        id, an official .pkl/.pth (converted once and cached, see ``maskformer.sources``), or an
+        exported .onnx file (run by onnxruntime; ``backend`` defaults to it for such a file).
+        Other arguments as for the constructor."""
+        if Path(str(path)).suffix.lower() == ".onnx":
+            from maskformer.deploy import onnx_predictor_parts
+
+            if backend not in (None, "onnxruntime"):
+                raise UserError(f"{path} is an ONNX model: it runs with backend onnxruntime")
+            device, dtype = _parse_device(device), _parse_dtype(dtype)
+            _check_onnx_options(device, dtype, channels_last)
+            backend_obj, cfg, meta = onnx_predictor_parts(path)
+            return cls._with_backend(backend_obj, cfg=cfg, meta=meta, device=device)
+        from maskformer.checkpoint import load_model
+        from maskformer.sources import resolve_checkpoint
+
+        native = resolve_checkpoint(path).path
+        loaded = load_model(native, device=_parse_device(device))
+        return cls(
+            loaded.model,
+            cfg=loaded.cfg,
+            meta=loaded.meta,
+            device=device,
+            dtype=dtype,
+            channels_last=channels_last,
+            backend=backend or "torch",
+        )
+
+    @classmethod
+    def _with_backend(
+        cls, backend: Backend, *, cfg: Config, meta: DatasetMeta, device: torch.device
+    ) -> Predictor:
+        """A Predictor whose network is only ``backend`` (no PyTorch model: ``model`` is None)."""
+        _check_classes(cfg, meta)
+        self = cls.__new__(cls)
+        self.cfg, self.meta, self.device, self.dtype = cfg, meta, device, torch.float32
+        self.model, self.backend = None, backend
+        return self
 
     @property
     def semantic_before_inference(self) -> bool:
@@ -224,26 +285,20 @@ class Predictor:
         return self.predict_batch([image])[0]
 
     def predict_batch(self, images: Sequence[ImageSource]) -> list[Prediction]:
-        """Several images in one forward pass, padded (bottom/right, zeros) to the batch maximum."""
+        """Several images in one forward pass, padded (bottom/right, zeros) to the batch maximum
+        (or to the fixed input size of a static-shape ONNX model)."""
         if len(images) == 0:
             return []
         prepared = [self.preprocess(im) for im in images]
         batch = pad_batch([x for _, x in prepared], self.cfg.model.size_divisibility)
-        with torch.no_grad():
-            out = self._forward(batch.to(self.device))
+        if self.backend.fixed_size is not None:
+            batch = _pad_to(batch, self.backend.fixed_size)
+        class_logits, pred_masks = self.backend(batch)
         padded_hw = tuple(batch.shape[-2:])
         return [
-            self._prediction(
-                rgb, tuple(x.shape[-2:]), padded_hw, out["pred_logits"][i], out["pred_masks"][i]
-            )
+            self._prediction(rgb, tuple(x.shape[-2:]), padded_hw, class_logits[i], pred_masks[i])
             for i, (rgb, x) in enumerate(prepared)
         ]
-
-    def _forward(self, batch: Tensor) -> dict[str, Any]:
-        if self.dtype == torch.float32:
-            return self.model(batch)
-        with torch.autocast(self.device.type, dtype=self.dtype):
-            return self.model(batch)
 
     def _prediction(
         self,
@@ -306,21 +361,56 @@ def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
     return _DTYPES[key]
 
 
-def _resolve(checkpoint: Any, device: torch.device) -> tuple[nn.Module, Config, DatasetMeta]:
-    if isinstance(checkpoint, (str, Path)):
-        from maskformer.checkpoint import load_model
+def _parse_device(device: str | torch.device | None) -> torch.device:
+    try:
+        out = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as e:
+        raise UserError(f"unknown device {device!r} ({e})") from None
+    if out.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(
+            f"device {device!r} asked for, but CUDA is not available here; use --device cpu"
+        )
+    return out
 
-        model = load_model(checkpoint, device=device)
-        return model, model.cfg, model.meta
-    if isinstance(checkpoint, tuple) and len(checkpoint) == 3:
-        return checkpoint
-    if (
-        isinstance(checkpoint, nn.Module)
-        and hasattr(checkpoint, "cfg")
-        and hasattr(checkpoint, "meta")
-    ):
-        return checkpoint, checkpoint.cfg, checkpoint.meta
-    raise CheckpointError(
-        f"Predictor needs a checkpoint path, a (model, cfg, meta) tuple or a model "
-        f"with .cfg and .meta, got {type(checkpoint).__name__}"
+
+def _check_classes(cfg: Config, meta: DatasetMeta) -> None:
+    if meta.num_classes != cfg.model.num_classes:
+        raise CheckpointError(
+            f"the metadata names {meta.num_classes} classes but the "
+            f"model predicts {cfg.model.num_classes}"
+        )
+
+
+def _check_onnx_options(device: torch.device, dtype: torch.dtype, channels_last: bool) -> None:
+    if dtype != torch.float32 or channels_last:
+        raise UserError("the onnxruntime backend runs float32 NCHW: drop --dtype/--channels-last")
+    if device.type != "cpu":
+        raise UserError(f"the onnxruntime backend runs on the CPU here, not on {device}")
+
+
+def _pad_to(batch: Tensor, size: tuple[int, int]) -> Tensor:
+    """Zero-pad (B, 3, Hp, Wp) bottom/right to (B, 3, H, W) for a static-shape network."""
+    h, w = size
+    if batch.shape[-2] > h or batch.shape[-1] > w:
+        raise UserError(
+            f"the image is {batch.shape[-2]}x{batch.shape[-1]} after resizing, larger than the "
+            f"{h}x{w} this ONNX model was exported for; export it with --dynamic"
+        )
+    return F.pad(batch, (0, w - batch.shape[-1], 0, h - batch.shape[-2]))
+
+
+def _wrong_model_message(model: Any) -> str:
+    if isinstance(model, (str, Path)):
+        return (
+            f"Predictor(model, cfg=..., meta=...) takes a built nn.Module, got the path {model!r}; "
+            "for a checkpoint use Predictor.from_checkpoint(path)"
+        )
+    if isinstance(model, tuple):
+        return (
+            "Predictor(model, cfg=..., meta=...) takes a built nn.Module, got a tuple; "
+            "unpack it: Predictor(model, cfg=cfg, meta=meta)"
+        )
+    return (
+        f"Predictor(model, cfg=..., meta=...) takes a built nn.Module, got "
+        f"{type(model).__name__}; for a checkpoint use Predictor.from_checkpoint(path)"
     )

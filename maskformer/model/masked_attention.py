@@ -62,5 +62,5 @@ class MaskedAttentionPredictor(TransformerPredictor):
             if mask_logits.shape[-2:] != size:
                 mask_logits = F.interpolate(mask_logits, size=size, mode="bilinear")
             blocked = mask_logits.flatten(2) < 0  # sigmoid(x) < 0.5
-            blocked &= ~blocked.all(-1, keepdim=True)
+            blocked = blocked & ~blocked.all(-1, keepdim=True)  # not in place: exports to ONNX
             return blocked.repeat_interleave(self.num_heads, dim=0)

@@ -36,13 +36,13 @@ def shifted_window_mask(hp: int, wp: int, ws: int, shift: int, device, dtype) ->
     Returns:
         (nW, ws*ws, ws*ws) additive mask.
     """
-    img = torch.zeros(1, hp, wp, 1, device=device)
-    slices = (slice(0, -ws), slice(-ws, -shift), slice(-shift, None))
-    cnt = 0
-    for hs in slices:
-        for wsl in slices:
-            img[:, hs, wsl, :] = cnt
-            cnt += 1
+    # Region ids 0..8 of the shifted grid, as comparisons (no in-place slice writes: these export
+    # to ONNX for any hp, wp, including an empty first region when hp or wp equals ws).
+    ys = torch.arange(hp, device=device)
+    xs = torch.arange(wp, device=device)
+    row = (ys >= hp - ws).long() + (ys >= hp - shift).long()  # (hp,) in {0, 1, 2}
+    col = (xs >= wp - ws).long() + (xs >= wp - shift).long()  # (wp,)
+    img = (row[:, None] * 3 + col[None, :]).float()[None, :, :, None]  # (1, hp, wp, 1)
     win = window_partition(img, ws).squeeze(-1)  # (nW, ws*ws)
     diff = win[:, None, :] - win[:, :, None]  # (nW, N, N)
     return torch.zeros_like(diff).masked_fill(diff != 0, -100.0).to(dtype)
@@ -187,7 +187,8 @@ class SwinStage(nn.Module):
         """Args: x (B, H*W, C). Returns the stage output (B, H*W, C) and the downsampled input of
         the next stage (B, ceil(H/2)*ceil(W/2), 2C) or None."""
         ws = self.window_size
-        hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
+        # Ceil-division with non-negative operands: traced into ONNX, (-h) // ws would truncate.
+        hp, wp = (h + ws - 1) // ws * ws, (w + ws - 1) // ws * ws
         mask = shifted_window_mask(hp, wp, ws, self.shift_size, x.device, x.dtype)
         for blk in self.blocks:
             x = blk(x, h, w, mask)
@@ -230,7 +231,7 @@ class SwinTransformer(nn.Module):
     ) -> None:
         super().__init__()
         self.patch_embed = PatchEmbed(patch_size=patch_size, embed_dim=embed_dim)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         n = len(depths)
         self.layers = nn.ModuleList(
             SwinStage(

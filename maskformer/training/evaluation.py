@@ -35,6 +35,6 @@ def evaluate_weights(
 
     The numbers are those ``python -m maskformer evaluate`` reports for the saved checkpoint.
     """
-    predictor = Predictor((model, cfg, meta), device=device)
+    predictor = Predictor(model, cfg=cfg, meta=meta, device=device)
     metrics = evaluate_model(predictor, dataset, eval_tasks(cfg), progress=False)
     return {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}

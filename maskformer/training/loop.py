@@ -11,7 +11,12 @@ from typing import Any
 
 import torch
 
-from maskformer.checkpoint import load_checkpoint, load_state_dict_partial, save_checkpoint
+from maskformer.checkpoint import (
+    LoadReport,
+    load_checkpoint,
+    load_state_dict_partial,
+    save_checkpoint,
+)
 from maskformer.config import Config, DatasetMeta
 from maskformer.data import open_dataset
 from maskformer.errors import UserError
@@ -131,7 +136,7 @@ class _Run:
             self._check_all_loaded(model, weights, tag)
         elif self.opts.init:
             report = load_state_dict_partial(model, load_checkpoint(self.opts.init).state_dict)
-            self._log(f"initialised from {self.opts.init}: {report.summary()}")
+            self._report_init(report)
         self.frozen = frozen_prefixes(solver.freeze)
         if self.frozen:
             try:
@@ -180,8 +185,8 @@ class _Run:
             raise UserError("solver.distill_weight needs --init: the model to distil from")
         from maskformer.checkpoint import load_model
 
-        model = load_model(self.opts.init, device=self.info.device)
-        old = model.cfg.model.num_classes
+        loaded = load_model(self.opts.init, device=self.info.device)
+        model, old = loaded.model, loaded.cfg.model.num_classes
         if old > self.meta.num_classes:
             raise UserError(
                 f"cannot distil from {self.opts.init}: it has {old} classes, more than the "
@@ -190,6 +195,20 @@ class _Run:
         if solver.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return Teacher(model, old)
+
+    def _report_init(self, report: LoadReport) -> None:
+        """Say what --init did; a tensor re-initialised is always said, progress bar or not."""
+        if report.loaded == 0:
+            raise UserError(
+                f"--init {self.opts.init} shares no tensor with this model ({report.summary()}); "
+                "is it a checkpoint of another architecture?"
+            )
+        message = f"initialised from {self.opts.init}: {report.summary()}"
+        if report.complete:
+            self._log(message)
+        elif self.info.is_main:
+            logger.warning(message)
+            print(f"warning: {message}", file=sys.stderr)
 
     @staticmethod
     def _check_all_loaded(model: torch.nn.Module, weights: dict, tag: str) -> None:
