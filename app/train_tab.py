@@ -499,12 +499,13 @@ def build_train_tab(ctx: Any, device: str | None = None) -> None:
     def load_source(spec, progress=LOAD_PROGRESS):
         v = ms.load_into_app(ctx, switcher, spec, lambda f, msg: progress(f, desc=msg))
         said = f"The app now uses **v{v.id}** ({ms.version_source(v)}). Open an image again."
-        return (said, gr.Button(visible=False), *version_updates(v.id), ms.model_line(ctx))
+        # the API's order: status, versions table, ..., model line (the hidden button last)
+        return (said, *version_updates(v.id), gr.Button(visible=False), ms.model_line(ctx))
 
     load_btn.click(
         load_source,
         [source_box],
-        [*version_out, model_md],
+        [version_md, *version_out[2:], confirm_btn, model_md],
         api_name="load_model_source",
         concurrency_id="model",
         concurrency_limit=1,
