@@ -18,6 +18,7 @@ from maskformer.inference import (
     Predictor,
     pad_batch,
     panoptic_inference,
+    resize_mask_logits,
     resize_shortest_edge_shape,
     semantic_map,
 )
@@ -92,11 +93,12 @@ def test_prediction_has_the_original_size(predictor, hw):
     img = _image(*hw)
     pred = predictor.predict(img)
     q, k = predictor.cfg.model.num_queries, predictor.cfg.model.num_classes
-    assert pred.class_logits.shape == (q, k + 1) and pred.mask_logits.shape == (q, *hw)
+    assert pred.class_logits.shape == (q, k + 1) and pred.masks.shape == (q, *hw)
+    assert pred.mask_logits.shape[0] == q and pred.padded_hw is not None  # the network's size
     assert pred.class_logits.dtype == pred.mask_logits.dtype == torch.float32
     assert pred.mask_logits.device.type == "cpu"
     np.testing.assert_array_equal(pred.image, img)
-    assert pred.semantic().shape == hw and pred.semantic().dtype == torch.int64
+    assert pred.semantic().shape == hw and pred.semantic().dtype == torch.uint8
     pan = pred.panoptic()
     assert pan.panoptic_seg.shape == hw
     assert pred.instances().masks.shape[1:] == hw
@@ -119,7 +121,8 @@ def test_matches_the_pipeline_written_out(predictor):
         out = predictor.model(x)
     up = F.interpolate(out["pred_masks"], size=(64, 96), mode="bilinear", align_corners=False)
     ref = F.interpolate(up[:, :, :62, :96], size=(45, 70), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(pred.mask_logits, ref[0])
+    torch.testing.assert_close(pred.masks.full(), ref[0])
+    torch.testing.assert_close(pred.mask_logits, out["pred_masks"][0])  # kept at stride 4
     torch.testing.assert_close(pred.class_logits, out["pred_logits"][0])
 
 
@@ -135,7 +138,7 @@ def test_input_kinds(predictor, tmp_path):
     ):
         pred = predictor.predict(src)
         np.testing.assert_array_equal(pred.image, load_image(src))
-        assert pred.mask_logits.shape[1:] == (30, 40)
+        assert pred.masks.size == (30, 40)
     a = predictor.predict(gray)
     b = predictor.predict(np.repeat(gray[:, :, None], 3, axis=2))
     torch.testing.assert_close(a.mask_logits, b.mask_logits)
@@ -149,12 +152,12 @@ def test_batch_equals_single_when_padding_agrees(predictor):
     batch = predictor.predict_batch(imgs)
     for img, p in zip(imgs, batch):
         single = predictor.predict(img)
-        assert p.mask_logits.shape[1:] == img.shape[:2]
-        torch.testing.assert_close(p.mask_logits, single.mask_logits, atol=1e-4, rtol=1e-4)
+        assert p.masks.size == img.shape[:2]
+        torch.testing.assert_close(p.masks.full(), single.masks.full(), atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(p.class_logits, single.class_logits, atol=1e-4, rtol=1e-4)
     assert predictor.predict_batch([]) == []
     mixed = predictor.predict_batch([_image(20, 90), _image(90, 20)])  # padded to the batch max
-    assert [p.mask_logits.shape[1:] for p in mixed] == [(20, 90), (90, 20)]
+    assert [p.masks.size for p in mixed] == [(20, 90), (90, 20)]
 
 
 def test_threads_do_not_interfere(predictor):
@@ -191,7 +194,7 @@ def test_default_thresholds_and_things_come_from_the_checkpoint():
     pred = Predictor(_model(cfg), cfg=cfg, meta=meta, device="cpu").predict(_image(50, 50))
     ref = panoptic_inference(
         pred.class_logits,
-        pred.mask_logits,
+        pred.masks.full(),  # the full-size logits, materialised
         thing_ids=THINGS,
         object_mask_threshold=0.3,
         overlap_threshold=0.6,
@@ -219,31 +222,35 @@ def test_semantic_paths_follow_the_official_rule():
     meta = generic_meta(8)
     p = Predictor(_model(cfg, seed=1), cfg=cfg, meta=meta, device="cpu")
     pred = p.predict(_image(50, 75, seed=5))
-    assert pred.input_mask_logits is not None and pred.input_mask_logits.shape[1:] == (64, 96)
+    assert pred.semantic_at_input and pred.image_hw == (64, 96)
+    # the logits at the network's input size (upsampled, padding cropped)
+    input_logits = resize_mask_logits(pred.mask_logits, pred.padded_hw, (64, 96), (64, 96))
     hf = transformers.MaskFormerImageProcessor().post_process_semantic_segmentation(
         types.SimpleNamespace(
             class_queries_logits=pred.class_logits[None],
-            masks_queries_logits=pred.input_mask_logits[None],
+            masks_queries_logits=input_logits[None],
         ),
         target_sizes=[(50, 75)],
         return_segmentation_scores=True,
     )[0]
     ours = pred.semantic()
-    mismatch = (ours != hf["segmentation"]).nonzero().tolist()
+    mismatch = (ours.long() != hf["segmentation"]).nonzero().tolist()
     scores = hf["segmentation_scores"]
     for y, x in mismatch:  # only float near-ties may differ
-        assert abs(float(scores[ours[y, x], y, x] - scores[hf["segmentation"][y, x], y, x])) < 1e-5
+        mine, theirs = int(ours[y, x]), int(hf["segmentation"][y, x])
+        assert abs(float(scores[mine, y, x] - scores[theirs, y, x])) < 1e-5
     assert len(mismatch) <= 5
     # the other path (resize logits first) gives a different map in general
-    before = semantic_map(pred.class_logits, pred.mask_logits)
+    before = semantic_map(pred.class_logits, pred.masks.full())
     assert before.shape == ours.shape
     # panoptic model: logits are resized first; the semantic map uses them directly
     cfg2 = _cfg()
     pred2 = Predictor(_model(cfg2), cfg=cfg2, meta=generic_meta(8, THINGS), device="cpu").predict(
         _image(50, 75, seed=5)
     )
-    assert pred2.input_mask_logits is None
-    assert torch.equal(pred2.semantic(), semantic_map(pred2.class_logits, pred2.mask_logits))
+    assert not pred2.semantic_at_input
+    full = pred2.masks.full()
+    assert torch.equal(pred2.semantic().long(), semantic_map(pred2.class_logits, full))
 
 
 def test_bf16_autocast_stays_close_to_fp32():

@@ -60,3 +60,30 @@ def test_long_legend_is_cut():
     pic = np.zeros((30, 30, 3), np.uint8)
     out = add_legend(pic, [(f"class {i}", (i, i, i)) for i in range(100)], max_rows=5)
     assert out.shape[0] >= 30 and out.shape[1] > 30
+
+
+def test_blend_by_bands_equals_the_whole_picture(monkeypatch):
+    """Bands of rows (with their one-row halo) give the picture blended all at once."""
+    import maskformer.inference.visualize as vis
+
+    def whole(image, color_map, where, alpha=0.55):
+        out = image.astype(np.float32)
+        out[where] = (1 - alpha) * out[where] + alpha * color_map[where].astype(np.float32)
+        out = out.round().clip(0, 255).astype(np.uint8)
+        labels = color_map.astype(np.int64) @ np.array([1, 256, 65536])
+        out[vis.region_borders(labels, where)] = 255
+        return out
+
+    rng = np.random.default_rng(0)
+    for h, w in [(1, 9), (70, 3), (97, 131), (130, 66)]:
+        img = rng.integers(0, 256, (h, w, 3), np.uint8)
+        cells = rng.integers(0, 4, (h // 7 + 1, w // 7 + 1))
+        color_map = rng.integers(0, 256, (4, 3), np.uint8)[
+            np.kron(cells, np.ones((7, 7), int))[:h, :w]
+        ]
+        where = rng.random((h, w)) < 0.8
+        for rows in (1, 2, 7, 256):
+            monkeypatch.setattr(vis, "BAND_ROWS", rows)
+            np.testing.assert_array_equal(
+                vis.blend(img, color_map, where), whole(img, color_map, where)
+            )

@@ -112,7 +112,8 @@ def test_workspace_flow(server, tmp_path):
     out, _ = call(c, "/ws_review_needs_changes", target, "needs-changes", 1)
     assert ws.image(target).review == "needs-changes"
     table = dict(zip(["details", *VIEW], out))["table"]["data"]
-    assert [r[0] for r in table] == [target] and table[0][4] == "needs-changes"
+    # the queue of images needing changes (the server is shared: other tests' images may be in it)
+    assert target in [r[0] for r in table] and all(r[4] == "needs-changes" for r in table)
     call(c, "/ws_review_clear", target, "all", 1)
     assert ws.image(target).review is None
     _, warn = call(c, "/ws_review_accept", None, "all", 1)

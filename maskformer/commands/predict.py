@@ -160,11 +160,15 @@ class _Writer:
 
     def _panoptic(self, pred: Any, image_id: int, name: str) -> np.ndarray:
         from maskformer.data.coco import id2rgb, panoptic_annotation, write_png
-        from maskformer.inference.visualize import render_panoptic
+        from maskformer.inference.visualize import BAND_ROWS, render_panoptic
 
         pan = pred.panoptic(self.args.threshold, self.args.overlap)
         id_map = pan.panoptic_seg.numpy()
-        write_png(self.out / "panoptic" / f"{name}.png", id2rgb(id_map))
+        rgb = np.empty((*id_map.shape, 3), np.uint8)
+        for y in range(0, len(id_map), BAND_ROWS):  # bounded int64 temporaries on big photos
+            rgb[y : y + BAND_ROWS] = id2rgb(id_map[y : y + BAND_ROWS])
+        write_png(self.out / "panoptic" / f"{name}.png", rgb)
+        del rgb
         ann = panoptic_annotation(id_map, pan.segments, image_id, f"{name}.png", self.meta)
         score = {s["id"]: s["score"] for s in pan.segments}
         for info in ann["segments_info"]:
@@ -177,9 +181,9 @@ class _Writer:
         from maskformer.inference.visualize import render_instances
 
         inst = pred.instances(self.args.topk)
-        masks = inst.masks.numpy()
         cat_ids = self.meta.category_ids()
-        for mask, label, score in zip(masks, inst.labels.tolist(), inst.scores.tolist()):
+        for i, (label, score) in enumerate(zip(inst.labels.tolist(), inst.scores.tolist())):
+            mask = np.asarray(inst.masks[i])  # one full-size mask at a time
             self.annotations.append(
                 {
                     "image_id": image_id,
@@ -192,7 +196,7 @@ class _Writer:
         shown = 0.5 if self.args.threshold is None else self.args.threshold
         return render_instances(
             pred.image,
-            masks,
+            inst.masks,
             inst.labels.tolist(),
             inst.scores.tolist(),
             self.meta,
@@ -205,7 +209,7 @@ class _Writer:
 
         sem = pred.semantic().numpy()
         dtype = np.uint8 if self.meta.num_classes <= 255 else np.uint16
-        write_png(self.out / "semantic" / f"{name}.png", sem.astype(dtype))
+        write_png(self.out / "semantic" / f"{name}.png", sem.astype(dtype, copy=False))
         return render_semantic(pred.image, sem, self.meta)
 
     def finish(self) -> list[Path]:

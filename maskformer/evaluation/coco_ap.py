@@ -80,14 +80,15 @@ def instance_results(
     """COCO results entries for one image's instances (``InstanceResult`` fields), things only.
 
     Args:
-        masks: (N, H, W) bool.
+        masks: (N, H, W) bool: an array, a tensor, or ``InstanceMasks`` (each mask is read and
+            encoded alone, so lazy masks of a large image are never all in memory).
         labels: (N,) contiguous class ids.
         scores: (N,) confidences.
     """
-    masks, labels, scores = _as_array(masks), _as_array(labels), _as_array(scores)
+    labels, scores = _as_array(labels), _as_array(scores)
     cat_ids = meta.category_ids()
     keep = [i for i, c in enumerate(labels.tolist()) if meta.isthing[int(c)]]
-    rles = encode_masks(masks[keep].reshape(len(keep), *masks.shape[1:]))
+    rles = [encode_masks(_as_array(masks[i])[None])[0] for i in keep]
     return [
         {
             "image_id": image_id,

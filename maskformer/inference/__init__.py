@@ -1,5 +1,6 @@
 """Inference: the stateless ``Predictor`` and the pure post-processing functions it shares."""
 
+from maskformer.inference.instances import InstanceMasks
 from maskformer.inference.postprocess import (
     DROP_REASONS,
     DroppedQuery,
@@ -14,16 +15,13 @@ from maskformer.inference.postprocess import (
     semantic_inference,
     semantic_map,
 )
-from maskformer.inference.predictor import (
-    Prediction,
-    Predictor,
-    pad_batch,
-    resize_shortest_edge_shape,
-)
+from maskformer.inference.prediction import Prediction
+from maskformer.inference.predictor import Predictor, pad_batch, resize_shortest_edge_shape
 
 __all__ = [
     "DROP_REASONS",
     "DroppedQuery",
+    "InstanceMasks",
     "InstanceResult",
     "PanopticResult",
     "Prediction",

@@ -259,7 +259,7 @@ def panoptic_inference(
     h, w = mask_logits.shape[-2:]
     keep = (labels != num_classes) & (scores > object_mask_threshold)
     kept = keep.nonzero()[:, 0]  # (Qk,)
-    dropped = _threshold_drops(scores, labels, keep, num_classes)
+    dropped = threshold_drops(scores, labels, keep, num_classes)
     if kept.numel() == 0:
         return PanopticResult(torch.zeros((h, w), dtype=torch.int32), [], dropped)
 
@@ -271,6 +271,34 @@ def panoptic_inference(
     ids = _weighted_argmax(probs, rows, scores[kept])  # (H, W) index into kept
     assigned = torch.bincount(ids.flatten(), minlength=kept.numel()).tolist()  # (Qk,)
 
+    lut, segments = assemble_segments(
+        kept, labels, scores, orig_areas, assigned, thing_ids, overlap_threshold, dropped
+    )
+    panoptic_seg = torch.tensor(lut, dtype=torch.int32)[ids]  # (H, W)
+    return PanopticResult(panoptic_seg, segments, dropped)
+
+
+def assemble_segments(
+    kept: torch.Tensor,
+    labels: torch.Tensor,
+    scores: torch.Tensor,
+    orig_areas: list[int],
+    assigned: list[int],
+    thing_ids: Iterable[int],
+    overlap_threshold: float,
+    dropped: list[DroppedQuery],
+) -> tuple[list[int], list[Segment]]:
+    """The official walk over the kept queries once every pixel has its kept query.
+
+    Args:
+        kept: (Qk,) kept query indices, ascending; labels, scores: (Q,) best class and probability.
+        orig_areas: pixels of each kept query's mask (probability >= 0.5).
+        assigned: pixels each kept query won in the weighted argmax.
+        dropped: the threshold drops; "empty" and "overlap" drops are added, then all sorted.
+
+    Returns:
+        The segment id of each kept index (0: its pixels stay void) and the segments.
+    """
     things = {int(t) for t in thing_ids}
     lut = [0] * kept.numel()  # kept index -> segment id (0 = void)
     segments: list[Segment] = []
@@ -302,9 +330,8 @@ def panoptic_inference(
         if not isthing:
             stuff_memory[label] = seg
         lut[j] = seg["id"]
-    panoptic_seg = torch.tensor(lut, dtype=torch.int32)[ids]  # (H, W)
     dropped.sort(key=lambda d: d.query)
-    return PanopticResult(panoptic_seg, segments, dropped)
+    return lut, segments
 
 
 def _weighted_argmax(
@@ -368,7 +395,7 @@ def _packed_argmax(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
     return best, arg, exact
 
 
-def _threshold_drops(
+def threshold_drops(
     scores: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor, num_classes: int
 ) -> list[DroppedQuery]:
     out = []

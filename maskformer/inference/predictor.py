@@ -1,10 +1,8 @@
-"""Stateless Predictor: image in, ``Prediction`` (class + mask logits at the original size) out."""
+"""Stateless Predictor: image in, ``Prediction`` (class logits + the network's mask logits) out."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +12,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from maskformer.config import Config, DatasetMeta, TestConfig
+from maskformer.config import Config, DatasetMeta
 from maskformer.errors import CheckpointError, UserError
 from maskformer.image_io import ImageSource, load_image
 from maskformer.inference.backends import Backend, TorchBackend, check_backend
-from maskformer.inference.postprocess import (
-    InstanceResult,
-    PanopticResult,
-    instance_inference,
-    mask_areas,
-    panoptic_inference,
-    resize_maps,
-    resize_mask_logits,
-    semantic_map,
-)
+from maskformer.inference.prediction import Prediction
 
 _DTYPES = {
     "fp32": torch.float32,
@@ -37,118 +26,6 @@ _DTYPES = {
     "fp16": torch.float16,
     "float16": torch.float16,
 }
-
-
-@dataclass(eq=False)
-class Prediction:
-    """What the network said about one image, at the original image size (CPU, float32).
-
-    Post-processing is done on demand by the pure functions of ``postprocess`` with the model's
-    default thresholds (``test``) or the ones given; derived tensors are cached on the Prediction,
-    so a re-merge with new thresholds costs only ``panoptic_inference``.
-    Memory: Q x H0 x W0 float32 (80 MB for 100 queries on a 640 x 320 image), twice once
-    ``mask_probs`` is cached; shrink very large photos before predicting.
-    """
-
-    class_logits: Tensor  # (Q, K+1); index K is "no object"
-    mask_logits: Tensor  # (Q, H0, W0)
-    image: np.ndarray  # (H0, W0, 3) uint8 RGB
-    meta: DatasetMeta
-    test: TestConfig = field(default_factory=TestConfig)
-    # (Q, Hi, Wi) logits at the network's input size, kept only for semantic models: the official
-    # code (SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE False unless panoptic is on) resizes the (K, H, W)
-    # semantic scores to the original size, not the mask logits.
-    input_mask_logits: Tensor | None = None
-
-    @cached_property
-    def class_probs(self) -> Tensor:
-        """(Q, K+1) softmax over the classes, no-object included."""
-        return self.class_logits.float().softmax(-1)
-
-    @cached_property
-    def mask_probs(self) -> Tensor:
-        """(Q, H0, W0) sigmoid of the mask logits."""
-        return self.mask_logits.float().sigmoid()
-
-    @cached_property
-    def mask_areas(self) -> Tensor:
-        """(Q,) pixels with mask probability >= 0.5."""
-        return mask_areas(self.mask_probs)
-
-    @cached_property
-    def _semantic(self) -> Tensor:
-        if self.input_mask_logits is None:
-            probs = self.mask_probs
-        else:  # resizing S = P^T M is linear, so resizing M's probabilities gives the same S
-            probs = resize_maps(self.input_mask_logits.float().sigmoid(), self.image.shape[:2])
-        return semantic_map(self.class_logits, self.mask_logits, mask_probs=probs)
-
-    def semantic(self) -> Tensor:
-        """(H0, W0) int64 contiguous class ids (argmax of the official semantic inference)."""
-        return self._semantic
-
-    def panoptic(
-        self, object_mask_threshold: float | None = None, overlap_threshold: float | None = None
-    ) -> PanopticResult:
-        """The official panoptic inference; thresholds default to the model config's."""
-        return panoptic_inference(
-            self.class_logits,
-            self.mask_logits,
-            thing_ids=self.meta.thing_ids,
-            object_mask_threshold=_default(object_mask_threshold, self.test.object_mask_threshold),
-            overlap_threshold=_default(overlap_threshold, self.test.overlap_threshold),
-            mask_probs=self.mask_probs,
-            areas=self.mask_areas,
-        )
-
-    # Per-query and per-pixel views. Callers (the app, the CLI) use these instead of indexing
-    # full-size tensors, so the Prediction is free to keep its outputs at a lower resolution.
-
-    @property
-    def num_queries(self) -> int:
-        return int(self.class_logits.shape[0])
-
-    def query_probs(self, q: int) -> Tensor:
-        """(H0, W0) float32 mask probability of query ``q`` at the original size."""
-        return self.mask_probs[int(q)]
-
-    def query_mask(self, q: int) -> Tensor:
-        """(H0, W0) bool: pixels where query ``q``'s mask probability is >= 0.5."""
-        return self.query_probs(q) >= 0.5
-
-    def query_area(self, q: int) -> int:
-        """Pixels of query ``q`` with mask probability >= 0.5 (the merge's "original area")."""
-        return int(self.mask_areas[int(q)])
-
-    def pixel_probs(self, x: int, y: int) -> Tensor:
-        """(Q,) float32 mask probability of every query at pixel (x, y) of the original image."""
-        return self.mask_probs[:, int(y), int(x)]
-
-    def thumbnail_probs(self, h: int, w: int) -> Tensor:
-        """(Q, h, w) float32 mask probabilities resized (antialiased bilinear) to a small size."""
-        small = F.interpolate(
-            self.mask_probs[None],
-            size=(h, w),
-            mode="bilinear",
-            antialias=True,
-            align_corners=False,
-        )[0]
-        return small.clamp_(0, 1)
-
-    def instances(self, topk: int | None = None, things_only: bool | None = None) -> InstanceResult:
-        """Mask2Former-style top-k instances; by default thing classes only when panoptic is on."""
-        things_only = self.test.panoptic_on if things_only is None else things_only
-        return instance_inference(
-            self.class_logits,
-            self.mask_logits,
-            topk=_default(topk, self.test.detections_per_image),
-            thing_ids=self.meta.thing_ids if things_only else None,
-            mask_probs=self.mask_probs,
-        )
-
-
-def _default(value: Any, fallback: Any) -> Any:
-    return fallback if value is None else value
 
 
 class Predictor:
@@ -308,22 +185,15 @@ class Predictor:
         class_logits: Tensor,
         pred_masks: Tensor,
     ) -> Prediction:
-        original_hw = rgb.shape[:2]
-        masks = pred_masks.float()  # (Q, Hp/4, Wp/4)
-        input_logits = None
-        if self.semantic_before_inference:
-            mask_logits = resize_mask_logits(masks, padded_hw, image_hw, original_hw)
-        else:
-            input_logits = resize_mask_logits(masks, padded_hw, image_hw, image_hw)  # (Q, Hi, Wi)
-            mask_logits = resize_maps(input_logits, original_hw)
-            input_logits = input_logits.cpu()
         return Prediction(
             class_logits=class_logits.float().cpu(),
-            mask_logits=mask_logits.cpu(),
+            mask_logits=pred_masks.float().cpu().contiguous(),  # (Q, Hp/4, Wp/4)
             image=rgb,
             meta=self.meta,
             test=self.cfg.test,
-            input_mask_logits=input_logits,
+            padded_hw=tuple(padded_hw),
+            image_hw=tuple(image_hw),
+            semantic_at_input=not self.semantic_before_inference,
         )
 
 

@@ -22,6 +22,9 @@ def jitter_color(color: Sequence[int], key: int, amount: int = 40) -> RGB:
     return tuple(int(v) for v in np.clip(c, 0, 255))
 
 
+BAND_ROWS = 256  # rows rendered at a time: float and label temporaries stay small on big photos
+
+
 def blend(
     image: np.ndarray,
     color_map: np.ndarray,
@@ -30,6 +33,9 @@ def blend(
     borders: bool = True,
 ) -> np.ndarray:
     """Mix ``color_map`` into ``image`` on ``where`` and draw white boundaries between regions.
+
+    Computed in bands of rows (the boundaries with a one-row halo), so a 48 MP photo needs no
+    full-size float copy.
 
     Args:
         image: (H, W, 3) uint8.
@@ -41,12 +47,41 @@ def blend(
     Returns:
         (H, W, 3) uint8.
     """
-    out = image.astype(np.float32)
-    out[where] = (1 - alpha) * out[where] + alpha * color_map[where].astype(np.float32)
-    out = out.round().clip(0, 255).astype(np.uint8)
-    if borders:
-        out[region_borders(color_map.astype(np.int32) @ np.array([1, 256, 65536]), where)] = 255
+    h, w = image.shape[:2]
+    out = np.empty_like(image)
+    thick = min(h, w) > 64  # thicker lines on larger pictures
+    for y0 in range(0, h, BAND_ROWS):
+        y1 = min(y0 + BAND_ROWS, h)
+        band = image[y0:y1].astype(np.float32)
+        sel = where[y0:y1]
+        band[sel] = (1 - alpha) * band[sel] + alpha * color_map[y0:y1][sel].astype(np.float32)
+        out[y0:y1] = band.round().clip(0, 255).astype(np.uint8)
+        if borders:
+            out[y0:y1][_band_borders(color_map, where, y0, y1, thick)] = 255
     return out
+
+
+def _labels(color_map: np.ndarray) -> np.ndarray:
+    return color_map.astype(np.int32) @ np.array([1, 256, 65536], np.int32)  # (h, W) int32
+
+
+def _band_borders(
+    color_map: np.ndarray, where: np.ndarray, y0: int, y1: int, thick: bool
+) -> np.ndarray:
+    """Rows y0 .. y1 of ``region_borders(labels of color_map, where)`` (with ``thick`` lines)."""
+    h = color_map.shape[0]
+    a = max(0, y0 - 1) if thick else y0  # the dilation reads the row above
+    labels = _labels(color_map[a : min(h, y1 + 1)])  # one row below for the vertical edges
+    edge = np.zeros((y1 - a, labels.shape[1]), bool)
+    edge[:, :-1] |= labels[: y1 - a, :-1] != labels[: y1 - a, 1:]
+    below = labels[1 : y1 - a + 1]
+    edge[: len(below)] |= labels[: len(below)] != below
+    if thick:
+        edge = cv2.dilate(edge.astype(np.uint8), np.ones((2, 2), np.uint8)).astype(bool)
+        if a < y0:  # drop the halo row (dilation spreads down and right only)
+            edge = edge[1:]
+    above = where[y0 - 1 : y1 - 1] if y0 > 0 else np.concatenate([where[-1:], where[: y1 - 1]])
+    return edge & (where[y0:y1] | above | np.roll(where[y0:y1], 1, 1))
 
 
 def region_borders(label_map: np.ndarray, where: np.ndarray) -> np.ndarray:
@@ -107,15 +142,21 @@ def render_semantic(
         image: (H, W, 3) uint8.
         sem_seg: (H, W) int contiguous class ids; ids outside 0..K-1 (ignore) stay uncoloured.
     """
-    sem = np.asarray(sem_seg).astype(np.int64)
+    sem = np.asarray(sem_seg)
     k = meta.num_classes
-    valid = (sem >= 0) & (sem < k)
     palette = np.asarray(meta.colors, np.uint8).reshape(-1, 3)
-    color_map = palette[np.where(valid, sem, 0)]  # (H, W, 3)
+    color_map = np.empty((*sem.shape, 3), np.uint8)
+    valid = np.empty(sem.shape, bool)
+    counts = np.zeros(k, np.int64)
+    for y0 in range(0, sem.shape[0], BAND_ROWS):
+        band = sem[y0 : y0 + BAND_ROWS].astype(np.int64)
+        ok = (band >= 0) & (band < k)
+        valid[y0 : y0 + BAND_ROWS] = ok
+        color_map[y0 : y0 + BAND_ROWS] = palette[np.where(ok, band, 0)]
+        counts += np.bincount(band[ok], minlength=k)
     out = blend(image, color_map, valid, alpha)
     if not legend:
         return out
-    counts = np.bincount(sem[valid], minlength=k)
     order = [c for c in np.argsort(-counts, kind="stable") if counts[c] > 0]
     return add_legend(out, [(meta.class_names[c], tuple(meta.colors[c])) for c in order])
 
@@ -135,7 +176,7 @@ def render_panoptic(
         panoptic_seg: (H, W) int segment ids, 0 = void.
         segments: dicts with ``id``, ``category_id`` (contiguous), optional ``isthing``/``score``.
     """
-    ids = np.asarray(panoptic_seg).astype(np.int64)
+    ids = np.asarray(panoptic_seg)
     lut = np.zeros((int(ids.max(initial=0)) + 1, 3), np.uint8)
     entries: list[LegendEntry] = []
     for s in sorted(segments, key=lambda s: -int(s.get("area", 0))):
@@ -149,14 +190,20 @@ def render_panoptic(
         entries.append((f"{meta.class_names[cls]}{score}", color))
     known = np.zeros(len(lut), bool)
     known[[int(s["id"]) for s in segments if int(s["id"]) < len(lut)]] = True
-    where = known[ids] & (ids > 0)
-    out = blend(image, lut[ids], where, alpha)
+    known[0] = False
+    color_map = np.empty((*ids.shape, 3), np.uint8)
+    where = np.empty(ids.shape, bool)
+    for y0 in range(0, ids.shape[0], BAND_ROWS):
+        band = np.clip(ids[y0 : y0 + BAND_ROWS], 0, None).astype(np.intp)  # negative: void
+        color_map[y0 : y0 + BAND_ROWS] = lut[band]
+        where[y0 : y0 + BAND_ROWS] = known[band]
+    out = blend(image, color_map, where, alpha)
     return add_legend(out, entries) if legend else out
 
 
 def render_instances(
     image: np.ndarray,
-    masks: np.ndarray,
+    masks: Any,
     labels: Sequence[int],
     scores: Sequence[float],
     meta: DatasetMeta,
@@ -168,27 +215,27 @@ def render_instances(
 
     Args:
         image: (H, W, 3) uint8.
-        masks: (N, H, W) bool.
+        masks: (N, H, W) bool: an array, a tensor or lazy ``InstanceMasks`` (read one at a time).
         labels: (N,) contiguous class ids.
         scores: (N,) confidence.
     """
-    masks = np.asarray(masks, bool)
     keep = [
         i
         for i in np.argsort(np.asarray(scores, np.float64), kind="stable")
         if scores[i] >= score_threshold
     ]
-    id_map = np.zeros(image.shape[:2], np.int64)
+    id_map = np.zeros(image.shape[:2], np.int32)
     segments = []
     for rank, i in enumerate(keep, start=1):
-        id_map[masks[i]] = rank
+        mask = np.asarray(masks[int(i)], bool)
+        id_map[mask] = rank
         segments.append(
             {
                 "id": rank,
                 "category_id": int(labels[i]),
                 "isthing": True,
                 "score": float(scores[i]),
-                "area": int(masks[i].sum()),
+                "area": int(mask.sum()),
             }
         )
     return render_panoptic(image, id_map, segments, meta, alpha, legend)
