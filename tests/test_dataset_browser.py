@@ -71,6 +71,7 @@ def goto(page, hotkey: str, expected: int) -> None:
         " document.querySelector('.mfs-insp').dataset.image === String(id) &&"
         " document.querySelector('.mfs-insp').dataset.thumbs === '1'",
         arg=expected,
+        timeout=180_000,  # the model runs first; a machine busy with other jobs took over 60 s
     )
     wait_idle(page)
 
