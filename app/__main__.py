@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export", "write a workspace's annotations as COCO panoptic or instances"),
     "predict-all": ("predict_all", "predict every unseen image of a workspace (a job)"),
     "status": ("status", "image counts by status and review; the most uncertain images"),
+    "finetune": ("finetune", "fine-tune the model on the corrected images (the Train tab's job)"),
 }
 
 

@@ -1,10 +1,11 @@
-"""What the Train tab does, without gradio: readiness, the held-out split, the fine-tune job and
-its progress (model versions are in ``app.versions``).
+"""What the Train tab does, without gradio: readiness, the held-out split, the recipes, the
+fine-tune job and its progress (model versions are in ``app.versions``, the verdict in
+``app.verdict``).
 
 The fine-tune itself runs in another process (``python -m app.finetune_job SPEC``, which runs
 ``python -m maskformer train``), started and watched through ``app.jobs.JobRunner``; this module
 only writes its spec and reads the files it leaves (``phase.json``, ``run/metrics.jsonl``,
-``result.json``).
+``result.json``). ``python -m app finetune`` runs the same job without the app.
 """
 
 from __future__ import annotations
@@ -20,19 +21,66 @@ from pathlib import Path
 from typing import Any
 
 from app.jobs import JobBusyError, JobInfo, JobRunner, JobState
+from app.replay import replay_images
 from app.store import Category, ImageRecord, Workspace
+from app.verdict import MIN_HELDOUT_IMAGES
 from maskformer.config import DatasetMeta
 from maskformer.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 MIN_CORRECTED = 4  # fewer corrected images than this: the button is disabled
 HOLDOUT_FRACTION = 0.2  # of the corrected images, at least 1, kept for the before/after scores
-# Measured on the shared 2-core CPU machine (load ~5): the tiny preset (resnet10t, 128 px) on 20
-# corrected images (16 train, 4 held out) takes 113 s for the whole job at these settings (96 s
-# of it the 200 training iterations); the Train tab's target is 5 minutes.
-DEFAULT_ITERS = 200
-DEFAULT_BATCH = 4
 JOB_LABEL = "fine-tune"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the job trains: iterations, batch, learning rate and train-command config overrides."""
+
+    name: str
+    iters: int
+    batch: int
+    lr: float | None  # None: the base model's solver.base_lr
+    overrides: tuple[str, ...]  # ``section.field=value`` for ``python -m maskformer train``
+    about: str
+    replay: bool = False  # also train on the model's confident predictions (``app.replay``)
+    copy_paste: float = 0.0  # chance an image gets new-class instances pasted in (0: off)
+
+
+# The Train tab's recipe: measured by bench/finetune_gain.py (docs/finetune.md has the trials).
+FINETUNE = Recipe(
+    name="finetune",
+    iters=600,
+    batch=4,
+    lr=3e-4,
+    overrides=(
+        "solver.warmup_iters=60",
+        "solver.distill_weight=1.0",
+        "solver.distill_mask_weight=1.0",
+    ),
+    about=(
+        "lr 3e-4 (warm-up 60) on the whole model, 600 iterations, batch 4; distillation from the "
+        "base model on its own classes (weights 1 / 1); replay of its confident predictions on "
+        "up to 200 uncorrected images; the new classes' instances copy-pasted (p 0.8). On "
+        "bench/finetune_gain.py: new class PQ 0 -> 52.4 (goal 65), old classes -4.3 PQ (goal "
+        "-2), ~225 CPU-s (docs/finetune.md)"
+    ),
+    replay=True,
+    copy_paste=0.8,
+)
+# What the tab ran before (kept to compare against): the base model's own solver (for the demo
+# model lr 1e-3 on the whole model), 200 iterations, batch 4.
+BASE = Recipe(
+    name="base",
+    iters=200,
+    batch=4,
+    lr=None,
+    overrides=(),
+    about="the base model's own solver settings, 200 iterations, batch 4 (the tab's first recipe)",
+)
+RECIPES = {r.name: r for r in (FINETUNE, BASE)}
+DEFAULT_ITERS = FINETUNE.iters
+DEFAULT_BATCH = FINETUNE.batch
 
 
 class FinetuneError(UserError):
@@ -68,14 +116,20 @@ def readiness(ws: Workspace, min_corrected: int = MIN_CORRECTED) -> Readiness:
             n,
         )
     held = num_heldout(n)
-    return Readiness(
-        True,
+    reason = (
         f"{n} corrected images: {n - held} to train on, {held} held out for "
-        "the before/after comparison.",
-        n,
-        n - held,
-        held,
+        "the before/after comparison."
     )
+    if held < MIN_HELDOUT_IMAGES:
+        need = next(
+            k for k in range(n, 10 * MIN_HELDOUT_IMAGES) if num_heldout(k) >= MIN_HELDOUT_IMAGES
+        )
+        reason += (
+            f" {held} held-out image{'s are' if held != 1 else ' is'} too few to judge the "
+            f"result (at least {MIN_HELDOUT_IMAGES}, from {need} corrected images): it will "
+            "be saved as a version but not used until you switch to it."
+        )
+    return Readiness(True, reason, n, n - held, held)
 
 
 def num_heldout(n: int, fraction: float = HOLDOUT_FRACTION) -> int:
@@ -150,12 +204,20 @@ def meta_for(categories: list[Category], name: str = "workspace") -> DatasetMeta
 
 @dataclass(frozen=True)
 class Settings:
-    """What the user may change; the defaults fit the tiny preset on a 2-core CPU."""
+    """What the user may change; None takes the recipe's value."""
 
-    iters: int = DEFAULT_ITERS
-    batch: int = DEFAULT_BATCH
-    lr: float | None = None  # None: the base model's solver.base_lr
+    iters: int | None = None
+    batch: int | None = None
+    lr: float | None = None
     device: str | None = None  # None: cuda when available
+    recipe: str = FINETUNE.name
+
+    def resolved_recipe(self) -> Recipe:
+        if self.recipe not in RECIPES:
+            raise FinetuneError(
+                f"unknown fine-tune recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}"
+            )
+        return RECIPES[self.recipe]
 
     def resolved_device(self) -> str:
         if self.device:
@@ -186,6 +248,10 @@ class FinetuneSpec:
     warmup_iters: int
     nice: int = 5  # the job yields the CPU to the app's own requests
     created: str = ""
+    recipe: str = BASE.name
+    overrides: list[str] = field(default_factory=list)  # train-command config overrides
+    replay_images: list[int] = field(default_factory=list)  # uncorrected images to replay
+    copy_paste: float = 0.0  # ``input.copy_paste`` of the new classes' instances
 
     @property
     def run_dir(self) -> Path:
@@ -348,10 +414,12 @@ class Finetuner:
         ready = readiness(self.ws)
         if not ready.ok:
             raise FinetuneError(ready.reason)
-        if settings.iters < 1 or settings.batch < 1:
+        recipe = settings.resolved_recipe()
+        iters = recipe.iters if settings.iters is None else int(settings.iters)
+        batch = recipe.batch if settings.batch is None else int(settings.batch)
+        if iters < 1 or batch < 1:
             raise FinetuneError(
-                f"iterations and batch size must be at least 1, got "
-                f"{settings.iters} and {settings.batch}"
+                f"iterations and batch size must be at least 1, got {iters} and {batch}"
             )
         records = corrected_images(self.ws)
         cats = training_categories(self.ws, base_meta, records)
@@ -367,12 +435,16 @@ class Finetuner:
             heldout_images=held,
             category_ids=[c.id for c in cats],
             base_classes=base_meta.num_classes,
-            iters=int(settings.iters),
-            batch=int(settings.batch),
-            lr=settings.lr,
+            iters=iters,
+            batch=batch,
+            lr=recipe.lr if settings.lr is None else float(settings.lr),
             device=settings.resolved_device(),
             created=stamp,
-            **schedule(int(settings.iters)),
+            recipe=recipe.name,
+            overrides=list(recipe.overrides),
+            replay_images=replay_images(self.ws.list_images()) if recipe.replay else [],
+            copy_paste=recipe.copy_paste,
+            **schedule(iters),
         )
         spec.save()
         return spec

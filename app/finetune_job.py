@@ -1,11 +1,13 @@
 """The fine-tune job process: ``python -m app.finetune_job <job_dir>/spec.json``.
 
 Steps, each skipped when a previous attempt of the same job finished it (so a killed job resumes):
-export the corrected images (train and held-out sets, base classes first), score the base model on
-the held-out set, run ``python -m maskformer train --init BASE --resume``, score the new model,
-copy it to ``<workspace>/models/finetune-<job>.safetensors`` and register it as a version with its
-parent and scores. Progress goes to ``phase.json``; the outcome to ``result.json``. The app's current model
-and its workspace rows are only touched by the last step, in one transaction.
+export the corrected images (train and held-out sets, base classes first); score the base model on
+the held-out set, image by image, and find corrections it already predicts exactly; run
+``python -m maskformer train --init BASE --resume`` with the recipe's settings; score the new
+model; judge it (``app.verdict``); copy it to ``<workspace>/models/finetune-<job>.safetensors``
+and register it as a version with its parent, scores and verdict, made the active version only
+when the verdict says it is better. Progress goes to ``phase.json``; the outcome to
+``result.json``. The workspace's rows are only touched by the last step.
 """
 
 from __future__ import annotations
@@ -16,12 +18,16 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from app.finetune import FinetuneSpec, meta_for, read_json
+from app.heldout import score, unchanged
+from app.replay import pseudo_label, repeats
 from app.store import Workspace
 from app.transfer import Record
+from app.verdict import judge
 from maskformer.config import DatasetMeta
 from maskformer.errors import UserError
 
@@ -75,6 +81,38 @@ def export_images(
     return out_dir
 
 
+def write_training_set(
+    ws: Workspace, spec: FinetuneSpec, base: Any, meta: DatasetMeta, corrected: Path, out: Path
+) -> Path:
+    """The training data: the corrected images, and with replay the base model's confident
+    predictions on uncorrected images, the corrected ones repeated to stay about half of it."""
+    if not spec.replay_images:
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(corrected, out)
+        return out
+    from maskformer.data import open_dataset
+    from maskformer.data.coco import write_dataset
+    from maskformer.data.datasets import Sample
+
+    ds = open_dataset(corrected)
+    samples = []
+    for image_id in spec.replay_images:
+        image = ws.load_image(image_id)
+        id_map, segments = pseudo_label(base, image)
+        samples.append(Sample(image, id_map, segments, 0, f"r{image_id}.png"))
+    for k in range(repeats(len(ds), len(samples))):
+        for i in range(len(ds)):
+            smp = ds.load(i)
+            samples.append(replace(smp, file_name=f"c{k}-{smp.file_name}"))
+    samples = [replace(smp, image_id=n + 1) for n, smp in enumerate(samples)]
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_dataset(tmp, samples, meta)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
 # ------------------------------------------------------------------------------------ scoring
 
 
@@ -110,21 +148,6 @@ def _base_classes(path: str) -> int:
     return peek_checkpoint(path).cfg.model.num_classes
 
 
-def score(predictor: Any, dataset_dir: Path) -> dict[str, Any]:
-    """Held-out PQ / mIoU (x100) with per-class PQ and IoU keyed by class name."""
-    from maskformer.data import open_dataset
-    from maskformer.evaluation import evaluate_model
-
-    metrics = evaluate_model(predictor, open_dataset(dataset_dir), TASKS, progress=False)
-    per_class: dict[str, dict[str, Any]] = {}
-    for row in metrics.get("per_class", {}).get("panoptic", []):
-        per_class.setdefault(row["name"], {})["PQ"] = row["PQ"]
-    for row in metrics.get("per_class", {}).get("semantic", []):
-        per_class.setdefault(row["name"], {})["IoU"] = row["IoU"]
-    flat = {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
-    return {**flat, "per_class": per_class}
-
-
 # ------------------------------------------------------------------------------------ training
 
 
@@ -157,7 +180,11 @@ def train_command(spec: FinetuneSpec, train_dir: Path) -> list[str]:
     ]
     if spec.lr is not None:
         cmd += ["--lr", str(spec.lr)]
-    return cmd
+    if spec.copy_paste > 0:
+        # paste instances of the new classes (of every thing class when there is none)
+        new_from = spec.base_classes if len(spec.category_ids) > spec.base_classes else 0
+        cmd += [f"--input.copy_paste={spec.copy_paste}", f"--input.copy_paste_from={new_from}"]
+    return cmd + [f"--{o}" for o in spec.overrides]
 
 
 def train(spec: FinetuneSpec, train_dir: Path) -> Path:
@@ -200,11 +227,14 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
     done = read_json(job_dir / "result.json")
     if done is not None:
         return done
+    clock = _Clock()
     ws = Workspace(spec.workspace)
     cats = {c.id: c for c in ws.categories()}
     meta = meta_for([cats[i] for i in spec.category_ids], name=f"finetune {spec.created}")
-    train_dir, held_dir = job_dir / "train", job_dir / "heldout"
-    if not (train_dir / "panoptic.json").exists() or not (held_dir / "panoptic.json").exists():
+    names = {i: ws.image(i).name for i in [*spec.train_images, *spec.heldout_images]}
+    corrected_dir, held_dir = job_dir / "corrected", job_dir / "heldout"
+    train_dir = job_dir / "train"
+    if not (corrected_dir / "panoptic.json").exists() or not (held_dir / "panoptic.json").exists():
         write_phase(
             job_dir,
             "export",
@@ -212,52 +242,118 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
             f"{len(spec.heldout_images)} held-out images",
         )
         export_images(ws, spec.heldout_images, spec.category_ids, meta, held_dir)
-        export_images(ws, spec.train_images, spec.category_ids, meta, train_dir)
+        export_images(ws, spec.train_images, spec.category_ids, meta, corrected_dir)
+        clock.lap("export")
     before = read_json(job_dir / "before.json")
-    if before is None:
+    if before is None or not (train_dir / "panoptic.json").exists():
         write_phase(
             job_dir,
             "before",
             f"scoring the current model on {len(spec.heldout_images)} held-out images",
         )
-        before = score(base_predictor(spec.base_checkpoint, meta, spec.device), held_dir)
+        base = base_predictor(spec.base_checkpoint, meta, spec.device)
+        before = score(base, held_dir, names)
+        # Corrections that are what the model predicted anyway teach it nothing.
+        before["unchanged_train"] = unchanged(score(base, corrected_dir, names))
+        if spec.replay_images:
+            write_phase(
+                job_dir,
+                "before",
+                f"labelling {len(spec.replay_images)} uncorrected images with the current "
+                "model's confident predictions (replay)",
+            )
+        write_training_set(ws, spec, base, meta, corrected_dir, train_dir)
         write_json(job_dir / "before.json", before)
+        clock.lap("before")
     write_phase(job_dir, "train", f"training {spec.iters} iterations on {spec.device}")
     final = train(spec, train_dir)
+    clock.lap("train")
     write_phase(job_dir, "after", "scoring the fine-tuned model on the held-out images")
     from maskformer.inference import Predictor
 
-    after = score(Predictor.from_checkpoint(str(final), device=spec.device), held_dir)
-    write_phase(job_dir, "register", "saving the new model version")
+    after = score(Predictor.from_checkpoint(str(final), device=spec.device), held_dir, names)
+    clock.lap("after")
+    write_phase(job_dir, "register", "judging and saving the new model version")
     old = set(meta.class_names[: spec.base_classes])
+    new_classes = [c for c in meta.class_names if c not in old]
+    verdict = judge(before, after, new_classes)
+    heldout_names = [names[i] for i in spec.heldout_images]
+    checks = {
+        "heldout_names": heldout_names,
+        "unchanged_heldout": unchanged(before),
+        "unchanged_train": before.get("unchanged_train", []),
+    }
     metrics = {
-        "heldout": after,
-        "before": before,
+        "heldout": _lean(after),
+        "before": _lean(before),
+        "verdict": verdict.to_dict(),
         "parent": spec.base_version,
         "job": Path(spec.job_dir).name,
+        "recipe": spec.recipe,
         "iters": spec.iters,
         "batch": spec.batch,
         "train_images": len(spec.train_images),
         "heldout_images": len(spec.heldout_images),
         "classes": list(meta.class_names),
-        "new_classes": [c for c in meta.class_names if c not in old],
+        "new_classes": new_classes,
+        **checks,
     }
     version_id = register(ws, spec, final, metrics)
+    if verdict.activate:
+        ws.set_active_model_version(version_id)
+    clock.lap("register")
     result = {
         "version_id": version_id,
         "path": ws.model_version(version_id).path,
         "before": before,
         "after": after,
+        "verdict": verdict.to_dict(),
+        "activated": verdict.activate,
+        "new_classes": new_classes,
+        **checks,
+        "timing": clock.summary(),
     }
     write_json(job_dir / "result.json", result)
     write_phase(
         job_dir,
         "done",
-        f"saved version v{version_id}: held-out PQ "
-        f"{_num(before.get('PQ'))} → {_num(after.get('PQ'))}, mIoU "
-        f"{_num(before.get('mIoU'))} → {_num(after.get('mIoU'))}",
+        f"saved version v{version_id}: {verdict.summary}"
+        + (" It is now the active model." if verdict.activate else ""),
     )
     return result
+
+
+def _lean(scores: dict[str, Any]) -> dict[str, Any]:
+    """Scores without the per-image counts (kept in the job's files, not in the version row)."""
+    return {k: v for k, v in scores.items() if k not in ("images", "unchanged_train")}
+
+
+class _Clock:
+    """Wall time per phase and the CPU time of the job and its children (the train command).
+
+    Phases done by an earlier attempt of a resumed job are not in its figures.
+    """
+
+    def __init__(self):
+        self.t0 = self.last = time.perf_counter()
+        self.phases: dict[str, float] = {}
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.phases[phase] = round(now - self.last, 2)
+        self.last = now
+
+    def summary(self) -> dict[str, Any]:
+        import resource
+
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+        return {
+            "wall_s": round(time.perf_counter() - self.t0, 2),
+            "cpu_s": round(cpu, 2),
+            "phases_s": self.phases,
+        }
 
 
 def _num(x: Any) -> str:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 import gradio as gr
@@ -20,11 +21,19 @@ from maskformer.errors import UserError
 
 POLL_S = 1.0  # timer period while the tab is open
 LOAD_PROGRESS = gr.Progress()  # gradio fills in the progress bar of "Load a model"
-COMPARE_HEADERS = ["metric", "before (current model)", "after (fine-tuned)"]
+COMPARE_HEADERS = ["metric", "before (current model)", "after (fine-tuned)", "change"]
 INTRO = """Fine-tune the current model on this workspace's **corrected** images. About 20 % of them
-(at least one) are held out and scored before and after, so you can see whether it helped. The job
-runs in its own process: the app stays usable, and a crash there cannot stop it. The result is a
-new **model version**; switch to it (or back) below without restarting."""
+(at least one) are held out: never trained on, and scored before and after. The job computes a
+**verdict** from those scores: a better model becomes the app's model; a worse one (overall, or on
+any class the model already knew, beyond the noise of the held-out set) is kept as a version but
+not used. The job runs in its own process: the app stays usable, and a crash there cannot stop
+it. Switch between versions (or back) below without restarting."""
+VERDICT_COLORS = {
+    "improved": "#1e8449",
+    "regression": "#c0392b",
+    "no gain": "#7f8c8d",
+    "unchecked": "#b9770e",
+}
 
 
 def _duration(s: float | None) -> str:
@@ -56,24 +65,89 @@ def loss_frame(p: Progress) -> pd.DataFrame:
     return pd.DataFrame({"iter": [i for i, _ in p.losses], "loss": [v for _, v in p.losses]})
 
 
-def compare_frame(result: dict[str, Any] | None, new_classes: list[str]) -> dict[str, Any]:
-    """Before/after rows: overall PQ/SQ/RQ/mIoU, then PQ of each class (new ones marked)."""
+def compare_frame(result: dict[str, Any] | None) -> dict[str, Any]:
+    """Before/after rows: overall PQ/SQ/RQ/mIoU, then PQ of each class (new ones marked), each
+    with the verdict's call (better / worse / same, beyond the noise shown)."""
     rows: list[list[Any]] = []
-    if result:
+    verdict = (result or {}).get("verdict") or {}
+    if result and verdict.get("status") == "unchecked":
+        rows.append(["held-out score", "too little data", "too little data", verdict["summary"]])
+    elif result:
         b, a = result.get("before", {}), result.get("after", {})
+        changes = {c["name"]: c for c in verdict.get("classes", [])}
+        overall = verdict.get("overall") or {}
         for key in ("PQ", "SQ", "RQ", "mIoU", "pAcc"):
-            rows.append([key, mv.fmt_metric(b.get(key)), mv.fmt_metric(a.get(key))])
+            call = _call(overall) if key == "PQ" else ""
+            rows.append([key, mv.fmt_metric(b.get(key)), mv.fmt_metric(a.get(key)), call])
         pb, pa = b.get("per_class", {}), a.get("per_class", {})
         for name in dict.fromkeys([*pb, *pa]):
-            label = f"PQ {name}" + (" (new class)" if name in new_classes else "")
+            change = changes.get(name, {})
+            label = f"PQ {name}" + (" (new class)" if change.get("new") else "")
             rows.append(
                 [
                     label,
                     mv.fmt_metric(pb.get(name, {}).get("PQ")),
                     mv.fmt_metric(pa.get(name, {}).get("PQ")),
+                    _call(change),
                 ]
             )
     return {"data": rows, "headers": COMPARE_HEADERS}
+
+
+def _call(change: dict[str, Any]) -> str:
+    """ "worse (-4.1, noise ±2.0)" and the like for one row of the verdict."""
+    if not change:
+        return ""
+    if change.get("change") == "too few":
+        return f"too few segments ({change.get('segments', 0)}) to judge"
+    delta, noise = change.get("delta"), change.get("noise")
+    if delta is None:
+        return ""
+    return f"{change['change']} ({delta:+.1f}, noise ±{noise:.1f})"
+
+
+def verdict_html(result: dict[str, Any] | None) -> str:
+    """The verdict in one coloured box (red for a regression), with its reasons."""
+    verdict = (result or {}).get("verdict")
+    if not verdict:
+        return ""
+    status = verdict["status"]
+    color = VERDICT_COLORS.get(status, "#7f8c8d")
+    title = {
+        "improved": "Better — now the app's model",
+        "regression": "Regression — not activated",
+        "no gain": "No measurable gain — not activated",
+        "unchecked": "Not checked — too little held-out data — not activated",
+    }.get(status, status)
+    reasons = "".join(f"<li>{html.escape(r)}</li>" for r in verdict.get("reasons", []))
+    return (
+        f'<div id="train-verdict-box" data-status="{html.escape(status)}" '
+        f'style="border:2px solid {color};border-radius:6px;padding:8px 12px;color:{color}">'
+        f"<b>v{result.get('version_id')}: {html.escape(title)}</b>"
+        f'<div style="color:inherit">{html.escape(verdict["summary"])}</div>'
+        + (f"<ul>{reasons}</ul>" if reasons else "")
+        + "</div>"
+    )
+
+
+def heldout_text(result: dict[str, Any] | None) -> str:
+    """Which images were held out, and a warning about corrections saved without a change."""
+    if not result:
+        return ""
+    names = result.get("heldout_names", [])
+    lines = [
+        f"**Held-out images** ({len(names)}, scored before and after, never trained on): "
+        + ", ".join(f"`{n}`" for n in names)
+    ]
+    same_train, same_held = result.get("unchanged_train", []), result.get("unchanged_heldout", [])
+    if same_train or same_held:
+        lines.append(
+            f"⚠️ **{len(same_train) + len(same_held)} corrected image(s) were saved without a "
+            "change** (the current model already predicts exactly that): they teach the model "
+            'nothing, and held out they inflate its "before" score. '
+            + ", ".join(f"`{n}`" for n in [*same_train, *same_held])
+        )
+    return "\n\n".join(lines)
 
 
 def _status_text(p: Progress) -> str:
@@ -105,6 +179,8 @@ def build_train_tab(ctx: Any, device: str | None = None) -> None:
     tuner = Finetuner(ws)
     switcher = ModelSwitcher(ctx, device)
     default_device = Settings().resolved_device()
+    applied: set[str] = set()  # jobs whose activated result this server switched to already
+    scored: dict[tuple[int, str], dict[str, Any]] = {}  # (version, held-out dir) -> scores
     with gr.Tab("Train", id="train"):
         gr.Markdown(INTRO)
         ready_md = gr.Markdown(elem_id="train-ready")
@@ -129,6 +205,8 @@ def build_train_tab(ctx: Any, device: str | None = None) -> None:
             resume_btn = gr.Button("Resume", interactive=False, elem_id="train-resume")
         bar = gr.HTML(elem_id="train-progress")
         status = gr.Markdown(elem_id="train-status")
+        verdict_box = gr.HTML(elem_id="train-verdict")
+        heldout_md = gr.Markdown(elem_id="train-heldout")
         curve = gr.LinePlot(
             pd.DataFrame({"iter": [], "loss": []}),
             x="iter",
@@ -162,12 +240,16 @@ def build_train_tab(ctx: Any, device: str | None = None) -> None:
         with gr.Row():
             version_dd = gr.Dropdown([], label="Version", elem_id="version-select")
             switch_btn = gr.Button("Switch the app to this version", elem_id="version-switch")
+            confirm_btn = gr.Button(
+                "Switch anyway", variant="stop", visible=False, elem_id="version-confirm"
+            )
             rollback_btn = gr.Button("Roll back to the parent", elem_id="version-rollback")
         version_md = gr.Markdown(elem_id="version-status")
         with gr.Row():
             cmp_a = gr.Dropdown([], label="Compare version", elem_id="compare-a")
             cmp_b = gr.Dropdown([], label="with version", elem_id="compare-b")
             cmp_btn = gr.Button("Compare", elem_id="compare-btn")
+        cmp_md = gr.Markdown(elem_id="compare-note")
         cmp_df = gr.Dataframe(
             headers=["metric", "A", "B"], interactive=False, elem_id="compare-table"
         )
@@ -189,6 +271,19 @@ def build_train_tab(ctx: Any, device: str | None = None) -> None:
             gr.Dropdown(choices=choices, value=pick),
         ]
 
+    def follow_activation(p: Progress) -> None:
+        """A finished job whose verdict activated its model: this server serves it too (once per
+        job, so a later manual switch or rollback is not undone)."""
+        r = p.result or {}
+        if not r.get("activated") or p.job_id in applied:
+            return
+        applied.add(p.job_id)
+        if ctx.model_version_id != r.get("version_id"):
+            try:
+                switcher.switch(int(r["version_id"]))
+            except UserError as e:
+                gr.Warning(f"the fine-tuned model could not be loaded: {e}")
+
     poll_out = [
         seen,
         ready_md,
@@ -197,6 +292,8 @@ def build_train_tab(ctx: Any, device: str | None = None) -> None:
         resume_btn,
         bar,
         status,
+        verdict_box,
+        heldout_md,
         curve,
         result_df,
         log_box,
@@ -208,6 +305,8 @@ def build_train_tab(ctx: Any, device: str | None = None) -> None:
 
     def poll(last: dict | None):
         p = tuner.progress()
+        if p.state == "finished":
+            follow_activation(p)
         ready = tuner.readiness() if p.state != "running" else None
         sig = {
             "state": p.state,
@@ -224,7 +323,6 @@ def build_train_tab(ctx: Any, device: str | None = None) -> None:
         if sig == last:
             return tuple(gr.skip() for _ in poll_out)
         running = p.state == "running"
-        new_classes = _new_classes(ws, p.result) if p.result else []
         out = [
             sig,
             ready.reason if ready else "A fine-tune is running.",
@@ -233,8 +331,10 @@ def build_train_tab(ctx: Any, device: str | None = None) -> None:
             gr.Button(interactive=tuner.can_resume()),
             progress_html(p),
             _status_text(p),
+            verdict_html(p.result),
+            heldout_text(p.result),
             loss_frame(p),
-            compare_frame(p.result, new_classes),
+            compare_frame(p.result),
             gr.Textbox(value=p.log_tail, visible=bool(p.log_tail)),
         ]
         changed_versions = last is None or (last.get("versions"), last.get("active")) != (
@@ -311,35 +411,62 @@ def build_train_tab(ctx: Any, device: str | None = None) -> None:
         concurrency_limit=1,
     )
 
-    version_out = [version_md, versions, version_dd, cmp_a, cmp_b]
+    version_out = [version_md, confirm_btn, versions, version_dd, cmp_a, cmp_b]
 
-    @guard(len(version_out))
-    def switch(version_id):
-        if version_id is None:
-            raise UserError("choose a version first")
+    def do_switch(version_id: int) -> tuple[Any, ...]:
         v = switcher.switch(int(version_id))
         return (
             (
                 f"The app now uses **v{v.id}** ({v.path}). Open an image again to see its "
                 "predictions."
             ),
+            gr.Button(visible=False),
             *version_updates(v.id),
         )
 
     @guard(len(version_out))
+    def switch(version_id):
+        if version_id is None:
+            raise UserError("choose a version first")
+        why = mv.needs_confirmation(ws.model_version(int(version_id)))
+        if why:
+            warn = f"⚠️ **Confirm:** {why} Switch to it anyway?"
+            return (warn, gr.Button(visible=True), *(gr.skip() for _ in range(4)))
+        return do_switch(version_id)
+
+    @guard(len(version_out))
+    def confirm(version_id):
+        if version_id is None:
+            raise UserError("choose a version first")
+        return do_switch(version_id)
+
+    @guard(len(version_out))
     def rollback():
         v = switcher.rollback()
-        return (f"Rolled back: the app now uses **v{v.id}** ({v.path}).", *version_updates(v.id))
+        return (
+            f"Rolled back: the app now uses **v{v.id}** ({v.path}).",
+            gr.Button(visible=False),
+            *version_updates(v.id),
+        )
 
-    @guard(1)
+    def scorer(version: Any, held: Any, classes: list[str]) -> dict[str, Any]:
+        key = (version.id, str(held))
+        if key not in scored:
+            dev = device or str(getattr(ctx.predictor, "device", "cpu"))
+            scored[key] = mv.score_version(version, held, classes, dev)
+        return scored[key]
+
+    @guard(2)
     def compare(a, b):
         if a is None or b is None:
             raise UserError("choose two versions to compare")
         va, vb = ws.model_version(int(a)), ws.model_version(int(b))
-        return {
-            "data": mv.compare_rows(ws, va.id, vb.id),
+        sa, sb, what = mv.compare_scores(ws, va.id, vb.id, scorer)
+        table = {
+            "data": mv.compare_rows(sa, sb),
             "headers": ["metric", f"v{va.id}", f"v{vb.id}"],
         }
+        return f"Scored on {what}.", table
 
     switch_btn.click(
         switch,
@@ -349,6 +476,15 @@ def build_train_tab(ctx: Any, device: str | None = None) -> None:
         concurrency_id="model",
         concurrency_limit=1,
     )
+    confirm_btn.click(
+        confirm,
+        [version_dd],
+        version_out,
+        api_name="switch_version_confirmed",
+        concurrency_id="model",
+        concurrency_limit=1,
+    )
+    version_dd.change(lambda: gr.Button(visible=False), None, confirm_btn, api_visibility="private")
     rollback_btn.click(
         rollback,
         None,
@@ -357,31 +493,21 @@ def build_train_tab(ctx: Any, device: str | None = None) -> None:
         concurrency_id="model",
         concurrency_limit=1,
     )
-    cmp_btn.click(compare, [cmp_a, cmp_b], cmp_df, api_name="compare_versions")
+    cmp_btn.click(compare, [cmp_a, cmp_b], [cmp_md, cmp_df], api_name="compare_versions")
 
     @guard(len(version_out) + 1)
     def load_source(spec, progress=LOAD_PROGRESS):
         v = ms.load_into_app(ctx, switcher, spec, lambda f, msg: progress(f, desc=msg))
         said = f"The app now uses **v{v.id}** ({ms.version_source(v)}). Open an image again."
-        return (
-            said,
-            *version_updates(v.id),
-            ms.model_line(ctx),
-        )
+        # the API's order: status, versions table, ..., model line (the hidden button last)
+        return (said, *version_updates(v.id), gr.Button(visible=False), ms.model_line(ctx))
 
     load_btn.click(
         load_source,
         [source_box],
-        [*version_out, model_md],
+        [version_md, *version_out[2:], confirm_btn, model_md],
         api_name="load_model_source",
         concurrency_id="model",
         concurrency_limit=1,
     )
     version_md.change(lambda: ms.model_line(ctx), None, model_md, show_progress="hidden")
-
-
-def _new_classes(ws: Any, result: dict[str, Any]) -> list[str]:
-    try:
-        return list(ws.model_version(int(result["version_id"])).metrics.get("new_classes", []))
-    except (KeyError, ValueError, UserError):
-        return []

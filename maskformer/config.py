@@ -115,6 +115,10 @@ class InputConfig:
     pad_value: int = 128  # raw pixel value the semantic mapper pads images with
     mapper: str = "semantic"  # "semantic" | "panoptic" | "detr_panoptic"
     ignore_label: int = 255
+    # copy-paste of thing instances between training images (maskformer.training.copy_paste):
+    # the chance per image (0: off) and the first class pasted (a fine-tune's new classes)
+    copy_paste: float = 0.0
+    copy_paste_from: int = 0
 
 
 @dataclass(frozen=True)
@@ -164,6 +168,10 @@ class SolverConfig:
     num_points: int = 12544
     oversample_ratio: float = 3.0
     importance_sample_ratio: float = 0.75
+    # fine-tuning aids (maskformer.training.finetune), off by default
+    freeze: str = ""  # comma-separated parameter prefixes kept fixed, e.g. "backbone"
+    distill_weight: float = 0.0  # class distillation from the --init model on its own classes
+    distill_mask_weight: float = 0.0  # mask distillation from the --init model
 
 
 @dataclass(frozen=True)

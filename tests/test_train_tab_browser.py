@@ -1,6 +1,8 @@
 """The Train tab in a real browser (Debian Chromium via Playwright): disabled with a reason on too
-little data, then one click fine-tunes (a few iterations), the loss curve and the new version
-appear, and the app switches to it and back.
+little data, then one click fine-tunes (a few iterations), the loss curve, the verdict (too few
+held-out images to judge, said plainly) and the new version appear, the held-out images are
+named, Compare fills both columns, and switching to the unproven version asks for confirmation
+before the app switches to it and back.
 
 Screenshots go to ``$MFS_SCREENSHOTS`` (default ``test-artifacts/screenshots``), prefixed
 ``train-``.
@@ -85,22 +87,40 @@ def test_one_click_finetune_in_the_browser(tmp_path, shots):
             assert "iteration 3/3" in text_of(page, "train-progress")
             # The loss curve was drawn (vega renders it into the plot's canvas or svg).
             page.wait_for_selector("#train-loss canvas, #train-loss svg")
-            wait_text(page, "train-compare", "PQ")
+            # 8 corrected images leave 2 held out: too few for a verdict, said plainly, in the
+            # verdict box and instead of before/after scores; the model is not activated.
+            page.wait_for_selector("#train-verdict-box[data-status=unchecked]")
+            assert "too few" in text_of(page, "train-verdict")
+            wait_text(page, "train-compare", "too little data")
+            heldout = text_of(page, "train-heldout")
+            assert "Held-out images (2" in heldout and ".png" in heldout  # named
             wait_text(page, "versions-table", "finetune-")
+            assert "unchecked" in text_of(page, "versions-table")
+            assert Workspace(ws_dir).active_model_version().id == 1
             shot(page, shots, "4-finished")
-            page.click("#compare-btn")  # the new version against its parent
+            page.click("#compare-btn")  # the new version against its parent: both columns
             wait_text(page, "compare-table", "mIoU")
-            assert "v1" in text_of(page, "compare-table")
-            assert "v2" in text_of(page, "compare-table")
-            # Switch the app to the new version, then roll back to its parent.
+            table = text_of(page, "compare-table")
+            assert "v1" in table and "v2" in table
+            # the table's text has one cell per line, row after row (metric, v1, v2)
+            cells = [c.strip() for c in table.splitlines() if c.strip()]
+            assert "PQ" in cells, table
+            pq_row = cells[cells.index("PQ") : cells.index("PQ") + 3]
+            assert len(pq_row) == 3 and "—" not in pq_row, table  # v1's column filled too
+            assert all(c.replace(".", "", 1).isdigit() for c in pq_row[1:]), pq_row
+            # Switching to a version that was not judged better asks first.
             page.click("#version-switch")
+            wait_text(page, "version-status", "Confirm")
+            assert Workspace(ws_dir).active_model_version().id == 1
+            shot(page, shots, "5-confirm")
+            page.click("#version-confirm")
             wait_text(page, "version-status", "now uses v2")
             assert Workspace(ws_dir).active_model_version().id == 2
-            shot(page, shots, "5-switched")
+            shot(page, shots, "6-switched")
             page.click("#version-rollback")
             wait_text(page, "version-status", "Rolled back")
             assert Workspace(ws_dir).active_model_version().id == 1
-            shot(page, shots, "6-rolled-back")
+            shot(page, shots, "7-rolled-back")
         assert server.alive()
         assert Path(Workspace(ws_dir).model_version(2).path).is_file()
     finally:

@@ -46,6 +46,15 @@ def build_train_loader(
         augment: False feeds images as stored (the one-batch overfit test).
     """
     solver = cfg.solver
+    if augment and cfg.input.copy_paste > 0:
+        from maskformer.training.copy_paste import CopyPaste
+
+        dataset = CopyPaste(
+            dataset,
+            prob=cfg.input.copy_paste,
+            from_class=cfg.input.copy_paste_from,
+            seed=solver.seed,
+        )
     train_ds = TrainDataset(dataset, cfg.input, seed=solver.seed, augment=augment)
     sampler = InfiniteSampler(
         len(train_ds),

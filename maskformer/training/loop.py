@@ -24,6 +24,7 @@ from maskformer.losses import build_criterion
 from maskformer.model import build_model
 from maskformer.training import distributed as dist_utils
 from maskformer.training.data import build_train_loader, micro_batch_size
+from maskformer.training.finetune import Teacher, freeze, frozen_prefixes, keep_frozen_in_eval
 from maskformer.training.optim import build_optimizer
 from maskformer.training.run_dir import RunDir
 from maskformer.training.state import (
@@ -117,6 +118,7 @@ class _Run:
                 ds.validate()
         self.elapsed0 = 0.0
         self.resumed = False
+        self.frozen: tuple[str, ...] = ()
         self.iteration = 0  # updates done so far (for messages)
 
     # -- set-up --------------------------------------------------------------------------------
@@ -135,7 +137,15 @@ class _Run:
         elif self.opts.init:
             report = load_state_dict_partial(model, load_checkpoint(self.opts.init).state_dict)
             self._report_init(report)
+        self.frozen = frozen_prefixes(solver.freeze)
+        if self.frozen:
+            try:
+                n = freeze(model, self.frozen)
+            except ValueError as e:
+                raise UserError(str(e)) from None
+            self._log(f"solver.freeze: {n} parameter tensors under {', '.join(self.frozen)} fixed")
         model.train()
+        keep_frozen_in_eval(model, self.frozen)
         optimizer = build_optimizer(model, solver)
         if self.info.distributed:
             model = torch.nn.parallel.DistributedDataParallel(
@@ -150,6 +160,7 @@ class _Run:
             solver,
             self.cfg.model.num_predictions,
             self.info.device,
+            teacher=self._teacher(),
         )
         if tag is not None:
             self.resumed = True
@@ -164,6 +175,26 @@ class _Run:
             )
         torch.manual_seed(solver.seed + 1 + self.info.rank + 1000 * state.iteration)
         return trainer, state, rng
+
+    def _teacher(self) -> Teacher | None:
+        """The ``--init`` model when the solver distils from it (rebuilt on resume as well)."""
+        solver = self.cfg.solver
+        if solver.distill_weight <= 0 and solver.distill_mask_weight <= 0:
+            return None
+        if not self.opts.init:
+            raise UserError("solver.distill_weight needs --init: the model to distil from")
+        from maskformer.checkpoint import load_model
+
+        loaded = load_model(self.opts.init, device=self.info.device)
+        model, old = loaded.model, loaded.cfg.model.num_classes
+        if old > self.meta.num_classes:
+            raise UserError(
+                f"cannot distil from {self.opts.init}: it has {old} classes, more than the "
+                f"{self.meta.num_classes} of the training data"
+            )
+        if solver.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return Teacher(model, old)
 
     def _report_init(self, report: LoadReport) -> None:
         """Say what --init did; a tensor re-initialised is always said, progress bar or not."""
@@ -324,6 +355,7 @@ class _Run:
             model = dist_utils.unwrap(trainer.model)
             metrics = evaluate_weights(model, self.cfg, self.meta, self.val, self.info.device)
             model.train()
+            keep_frozen_in_eval(model, self.frozen)
             self.run.append_metrics({"iter": it, "eval": metrics})
             self._log(
                 f"iteration {it}: "

@@ -15,6 +15,7 @@ from maskformer.contracts import Target
 from maskformer.errors import UserError
 from maskformer.losses import default_loss_weights, weighted_total
 from maskformer.training.distributed import any_true
+from maskformer.training.finetune import Teacher, distill_losses
 from maskformer.training.optim import clip_gradients, lr_at, set_lr
 
 Batch = tuple[Tensor, list[Target]]  # images (B, 3, H, W) normalised and padded; B targets
@@ -80,6 +81,7 @@ class Trainer:
         solver: Schedule, clipping, accumulation, AMP and loss weights.
         num_layers: Predictions per forward, final + aux (``cfg.model.num_predictions``).
         device: Where batches go.
+        teacher: The ``--init`` model for ``solver.distill_weight`` / ``distill_mask_weight``.
     """
 
     def __init__(
@@ -90,10 +92,15 @@ class Trainer:
         solver: SolverConfig,
         num_layers: int,
         device: torch.device,
+        teacher: Teacher | None = None,
     ):
         self.model, self.criterion, self.optimizer = model, criterion, optimizer
         self.solver, self.device = solver, device
         self.weights = default_loss_weights(solver, num_layers)
+        self.teacher = teacher
+        if teacher is not None:
+            self.weights["loss_distill_ce"] = solver.distill_weight
+            self.weights["loss_distill_mask"] = solver.distill_mask_weight
         self.amp_dtype = amp_dtype(solver.amp, device)
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=self.amp_dtype == torch.float16 and device.type == "cuda"
@@ -111,7 +118,12 @@ class Trainer:
         )
         with autocast:
             outputs = self.model(images)
-        return self.criterion(float_outputs(outputs), targets)
+            taught = self.teacher(images) if self.teacher is not None else None
+        losses = self.criterion(float_outputs(outputs), targets)
+        if taught is not None:
+            old = self.teacher.old_classes
+            losses |= distill_losses(float_outputs(outputs), float_outputs(taught), targets, old)
+        return losses
 
     def step(self, micro_batches: list[Batch], iteration: int) -> StepResult:
         """One update from ``len(micro_batches)`` accumulated micro-batches.
