@@ -13,7 +13,7 @@ Goals, with the tab's defaults (recipe ``finetune``): new class PQ >= 65; the ol
 recipe the tab ran before (``base``: lr 1e-3 on the whole model, 200 iterations, batch 4) is run
 in the same process, side by side.
 
-    python bench/finetune_gain.py                  # both recipes, ~10 min on an idle 2-core CPU
+    python bench/finetune_gain.py                  # both recipes, 5-10 min on an idle 2-core CPU
     python bench/finetune_gain.py --recipes finetune --heldout 50
 """
 

@@ -22,16 +22,13 @@ the system), against the same process with the model loaded and a small image op
 -C DIR``), each under an address-space limit (``RLIMIT_AS``, ``--baseline-limit-gb`` above the
 interpreter's own) so a row that would need more memory fails instead of taking the machine.
 
-Measured 2026-12-07 with the demo checkpoint on the shared 2-core dev machine (load 6-8), after
-merging main (annotate's compact session):
-- predict 8000x6000: peak 1.64 GB (goal 2 GB; 39 s). Before (dense full-size logits): 11 GB,
+Measured 2026-12-07 with the demo checkpoint on an idle 2-core Intel Xeon (AVX-512, AMX):
+- predict 8000x6000: peak 1.65 GB (goal 2 GB; 14.6 s). Before (dense full-size logits): 11 GB,
   the figure of issue 18 (not rerun).
-- session, 12 MP: keeps 73 MB (goal 300 MB; before 2.3 GB), peak while opening 1.14 GB.
-- 8 sessions, 12 MP each: process RSS 1.37 GB (72 MB each; peak 1.65 GB; goal 4 GB).
-- slider at 12 MP (before: 34 s), a new kept query set each move: 0.40 s with OMP_NUM_THREADS=1
-  (engine 0.27 s), 1.32 s with torch's 2 threads (engine 0.66 s: on a loaded machine each small
-  operation's second thread waits for a core); back and forth between settings seen before
-  0.23 s (engine 0.10-0.12 s) either way.
+- session, 12 MP: keeps 72.7 MB (goal 300 MB; before 2.3 GB), peak while opening 1.14 GB, 1.67 s.
+- 8 sessions, 12 MP each: process RSS 1.38 GB (72 MB each; peak 1.65 GB; goal 4 GB).
+- slider at 12 MP (before: 34 s), a new kept query set each move: 0.335 s (engine 0.176 s); back
+  and forth between settings seen before 0.192 s (engine 0.046 s).
 """
 
 from __future__ import annotations

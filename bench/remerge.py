@@ -14,19 +14,20 @@ Then the cached slider re-merge: ``Prediction.panoptic`` at alternating threshol
 assignment of a kept query set seen before is cached), and with a new kept query set each time.
 The logits imitate a trained model: ~30 confident queries (some no-object), the rest uncertain.
 
-Measured 2026-12-07 on the shared 2-core dev machine under load 6.7-7 (cpu ms, median of 10;
-goal ours/HF <= 0.5, cached re-merge <= 15 ms):
+Measured 2026-12-07 on an idle 2-core Intel Xeon (AVX-512, AMX), cpu ms, median of 20;
+goal ours/HF <= 0.5, cached re-merge <= 15 ms:
 
-    --threads 1      ours     HF  ours/HF   dense  dense/HF
-    panoptic         48.0  104.0     0.46   197.4     1.90
-    instance         60.2  137.2     0.44   227.3     1.66
-    semantic         61.0  287.6     0.21   196.7     0.68
-    re-merge: kept query set seen before 1.9 ms cpu, new kept query set 19.5 ms cpu
-    (areas cached), dense panoptic + semantic map 53.6 ms cpu
+    threads          ours     HF  ours/HF   dense  dense/HF
+    panoptic, 2      79.5  193.0     0.41   252.8     1.31
+    instance, 2      88.2  170.2     0.52   285.6     1.68
+    semantic, 2      73.8  252.9     0.29   218.2     0.86
+    panoptic, 1      47.2  123.1     0.38   224.0     1.82
+    instance, 1      52.9  150.2     0.35   274.2     1.83
+    semantic, 1      51.9  223.6     0.23   197.1     0.88
+    re-merge, wall ms: kept query set seen before 1.5; new kept query set 16.0 (2 threads),
+    19.3 (1 thread); dense panoptic + semantic map 49.2 / 58.5
 
-With torch's 2 threads on that loaded machine the ratios scatter (0.47 / 0.84 / 0.78; re-merge
-10 / 90 ms cpu): the other thread of each small operation waits for a core. Rerun on a quiet
-machine before quoting.
+On a loaded machine prefer ``--threads 1``: the other thread of each small operation waits for a core.
 """
 
 from __future__ import annotations

@@ -94,7 +94,9 @@ def main() -> None:
     args = ap.parse_args()
     w, h = (int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
-        ctx = cb.make_context(Predictor(args.checkpoint, device="cpu"), Workspace(tmp), "demo")
+        ctx = cb.make_context(
+            Predictor.from_checkpoint(args.checkpoint, device="cpu"), Workspace(tmp), "demo"
+        )
         recs = [
             ctx.workspace.add_image(big_photo(w, h, seed=i), f"photo{i}.jpg")
             for i in range(args.sessions)
