@@ -20,10 +20,36 @@ def rev(page) -> int:
     return int(attr(page, "data-revision") or 0)
 
 
+# What the page says about its requests, for the message of a wait that timed out.
+DIAGNOSE = """() => {
+  const M = window.mfs, S = M && M.state, cv = document.querySelector('#annotate-canvas');
+  const msg = document.querySelector('.mfs-msg');
+  return JSON.stringify({
+    revision: cv && cv.dataset.revision, image: cv && cv.dataset.image,
+    selected: cv && cv.dataset.selected, busy: S && S.busy, nonce: S && S.nonce,
+    message: msg && msg.innerText, last_requests: M && M.timings.slice(-6),
+    toasts: [...document.querySelectorAll('.toast-body')].map((e) => e.innerText).slice(-3),
+  });
+}"""
+
+
+def wait_js(page, expression: str, arg=None, timeout: float | None = None) -> None:
+    """``page.wait_for_function``; a timeout fails with what the page says about its requests
+    (busy count, the last requests' [op, ms to answer, ms to drawn], message, warnings)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(expression, arg=arg, timeout=timeout)
+    except PlaywrightTimeout as e:
+        try:
+            said = page.evaluate(DIAGNOSE)
+        except Exception as inner:  # noqa: BLE001 -- the page itself may be gone
+            said = f"(the page could not be read: {inner})"
+        raise AssertionError(f"timed out waiting for {expression!r} ({arg!r}); page: {said}") from e
+
+
 def wait_rev(page, before: int) -> None:
-    page.wait_for_function(
-        "b => +document.querySelector('#annotate-canvas').dataset.revision > b", arg=before
-    )
+    wait_js(page, "b => +document.querySelector('#annotate-canvas').dataset.revision > b", before)
 
 
 def act(page, action) -> None:
@@ -35,7 +61,7 @@ def act(page, action) -> None:
 
 def wait_idle(page) -> None:
     """Until no request of the canvas is in flight."""
-    page.wait_for_function("() => window.mfs && window.mfs.state.busy === 0")
+    wait_js(page, "() => window.mfs && window.mfs.state.busy === 0")
 
 
 def state(page, expr: str):

@@ -17,7 +17,17 @@ from app.queue import image_order
 from app.store import Workspace
 from app_helpers import CHROMIUM, AppServer, browser_page, screenshot_folder, tiny_checkpoint
 from bench.photo import jpeg_bytes, make_photo
-from browser_canvas import CANVAS, Shots, act, attr, click_segment, key, segments, wait_idle
+from browser_canvas import (
+    CANVAS,
+    Shots,
+    act,
+    attr,
+    click_segment,
+    key,
+    segments,
+    wait_idle,
+    wait_js,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -66,11 +76,12 @@ def goto(page, hotkey: str, expected: int) -> None:
     """Press ``hotkey``; wait until image ``expected`` is open and the model's follow-up (the
     query thumbnails and the uncertainty score) has arrived."""
     page.keyboard.press(hotkey)
-    page.wait_for_function(
+    wait_js(
+        page,
         "id => document.querySelector('#annotate-canvas').dataset.image === String(id) &&"
         " document.querySelector('.mfs-insp').dataset.image === String(id) &&"
         " document.querySelector('.mfs-insp').dataset.thumbs === '1'",
-        arg=expected,
+        expected,
         timeout=180_000,  # the model runs first; a machine busy with other jobs took over 60 s
     )
     wait_idle(page)
