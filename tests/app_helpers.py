@@ -246,6 +246,16 @@ def browser_page(url: str, height: int, width: int = 1400):
         try:
             page = context.new_page()
             page.set_default_timeout(BROWSER_WAIT)
+            # the page's errors and warnings, for the message of a wait that times out
+            page.mfs_console = []
+            page.on(
+                "console",
+                lambda m: (
+                    m.type in ("error", "warning")
+                    and page.mfs_console.append(f"{m.type}: {m.text}"[:300])
+                ),
+            )
+            page.on("pageerror", lambda e: page.mfs_console.append(f"pageerror: {e}"[:300]))
             page.goto(url)
             yield page
         finally:

@@ -23,11 +23,12 @@ def rev(page) -> int:
 # What the page says about its requests, for the message of a wait that timed out.
 DIAGNOSE = """() => {
   const M = window.mfs, S = M && M.state, cv = document.querySelector('#annotate-canvas');
-  const msg = document.querySelector('.mfs-msg');
+  const msg = document.querySelector('.mfs-msg'), insp = document.querySelector('.mfs-insp');
   return JSON.stringify({
     revision: cv && cv.dataset.revision, image: cv && cv.dataset.image,
     selected: cv && cv.dataset.selected, busy: S && S.busy, nonce: S && S.nonce,
     message: msg && msg.innerText, last_requests: M && M.timings.slice(-6),
+    inspector: insp && { ...insp.dataset },
     toasts: [...document.querySelectorAll('.toast-body')].map((e) => e.innerText).slice(-3),
   });
 }"""
@@ -35,7 +36,8 @@ DIAGNOSE = """() => {
 
 def wait_js(page, expression: str, arg=None, timeout: float | None = None) -> None:
     """``page.wait_for_function``; a timeout fails with what the page says about its requests
-    (busy count, the last requests' [op, ms to answer, ms to drawn], message, warnings)."""
+    (busy count, the last requests' [op, ms to answer, ms to drawn], message, warnings, the
+    inspector's state) and the last errors of its console."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     try:
@@ -45,7 +47,10 @@ def wait_js(page, expression: str, arg=None, timeout: float | None = None) -> No
             said = page.evaluate(DIAGNOSE)
         except Exception as inner:  # noqa: BLE001 -- the page itself may be gone
             said = f"(the page could not be read: {inner})"
-        raise AssertionError(f"timed out waiting for {expression!r} ({arg!r}); page: {said}") from e
+        console = getattr(page, "mfs_console", [])[-8:]
+        raise AssertionError(
+            f"timed out waiting for {expression!r} ({arg!r}); page: {said}; console: {console}"
+        ) from e
 
 
 def wait_rev(page, before: int) -> None:
