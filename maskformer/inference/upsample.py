@@ -85,6 +85,28 @@ def _lerp(a: Tensor, b: Tensor, wa: Tensor, wb: Tensor) -> Tensor:
     return b.mul_(wb).addcmul_(a, wa)
 
 
+def _take_cols(x: Tensor, idx: Tensor) -> Tensor:
+    """``x.index_select(2, idx)`` of an (n, R, C) block, as a gather along dim 1 of the (n R, C)
+    view (about 3x faster than along dim 2 of the 3-d tensor on the CPU)."""
+    n, r, c = x.shape
+    return x.reshape(n * r, c).index_select(1, idx).view(n, r, len(idx))
+
+
+def _take_rows(x: Tensor, idx: Tensor) -> Tensor:
+    """``x.index_select(1, idx)`` of an (n, R, C) block, as whole-row copies from the (n R, C)
+    view."""
+    n, r, c = x.shape
+    flat = (torch.arange(0, n * r, r)[:, None] + idx).view(-1)  # (n nr,) row of (i, idx[j])
+    return x.reshape(n * r, c).index_select(0, flat).view(n, len(idx), c)
+
+
+def _take(x: Tensor, dim: int, idx: Tensor) -> Tensor:
+    """``x.index_select(dim, idx)``, by the faster gathers above for dims 1 and 2 of a 3-d x."""
+    if x.dim() == 3 and dim in (1, 2):
+        return _take_rows(x, idx) if dim == 1 else _take_cols(x, idx)
+    return x.index_select(dim, idx)
+
+
 @dataclass(frozen=True)
 class Stage:
     """One ``F.interpolate`` call (its output cropped to ``len(rows) x len(cols)``)."""
@@ -99,17 +121,17 @@ class Stage:
             src: (n, R, C) source rows ``row0 .. row0 + R``, columns ``col0 .. col0 + C``.
         """
         if cols.identity:
-            u = src.index_select(2, cols.i0 - col0)
+            u = _take_cols(src, cols.i0 - col0)
         else:
-            a = src.index_select(2, cols.i0 - col0)
-            b = src.index_select(2, cols.i1 - col0)
+            a = _take_cols(src, cols.i0 - col0)
+            b = _take_cols(src, cols.i1 - col0)
             u = _lerp(a, b, cols.w0, cols.w1)  # (n, R, nc): the width pass comes first
         if rows.identity:
-            return u.index_select(1, rows.i0 - row0)
+            return _take_rows(u, rows.i0 - row0)
         r0, r1 = (rows.i0 - row0).tolist(), (rows.i1 - row0).tolist()
         starts = [0] + [i for i in range(1, len(r0)) if r0[i] != r0[i - 1] or r1[i] != r1[i - 1]]
         if len(r0) < GROUP_ROWS * len(starts):
-            a, b = u.index_select(1, rows.i0 - row0), u.index_select(1, rows.i1 - row0)
+            a, b = _take_rows(u, rows.i0 - row0), _take_rows(u, rows.i1 - row0)
             return _lerp(a, b, rows.w0[:, None], rows.w1[:, None])  # (n, nr, nc)
         # upsampling a lot: runs of output rows read the same two source rows, broadcast them
         out = torch.empty((u.shape[0], len(r0), u.shape[2]))
@@ -329,7 +351,9 @@ class TileGrid:
     def expand(self, values: Tensor) -> Tensor:
         """(H, W) map holding each tile's entry of the (TR, TC) ``values`` (bool kept as bool)."""
         x = values.to(torch.uint8) if values.dtype == torch.bool else values
-        x = x.index_select(0, self.row_tile).index_select(1, self.col_tile)
+        # columns first, on the small map: the row gather then copies whole rows (a gather along
+        # dim 1 of the (H, TC) map is ~10x slower)
+        x = x.index_select(1, self.col_tile).index_select(0, self.row_tile)
         return x.bool() if values.dtype == torch.bool else x
 
     @cached_property
@@ -482,9 +506,7 @@ def _window_reduce(x: Tensor, dim: int, windows: list, fn) -> Tensor:
     while True:
         sel = (level == p).nonzero()[:, 0]
         if sel.numel():
-            vals = fn(
-                table.index_select(dim, first[sel]), table.index_select(dim, last[sel] - p + 1)
-            )
+            vals = fn(_take(table, dim, first[sel]), _take(table, dim, last[sel] - p + 1))
             if out is None:
                 shape = list(x.shape)
                 shape[dim] = len(windows)
