@@ -18,14 +18,14 @@ Measured 2026-12-07 on an idle 2-core Intel Xeon (AVX-512, AMX), cpu ms, median 
 goal ours/HF <= 0.5, cached re-merge <= 15 ms:
 
     threads          ours     HF  ours/HF   dense  dense/HF
-    panoptic, 2      79.5  193.0     0.41   252.8     1.31
-    instance, 2      88.2  170.2     0.52   285.6     1.68
-    semantic, 2      73.8  252.9     0.29   218.2     0.86
-    panoptic, 1      47.2  123.1     0.38   224.0     1.82
-    instance, 1      52.9  150.2     0.35   274.2     1.83
-    semantic, 1      51.9  223.6     0.23   197.1     0.88
-    re-merge, wall ms: kept query set seen before 1.5; new kept query set 16.0 (2 threads),
-    19.3 (1 thread); dense panoptic + semantic map 49.2 / 58.5
+    panoptic, 2      62.2  169.4     0.37   230.1     1.36
+    instance, 2      62.0  168.7     0.37   280.9     1.67
+    semantic, 2      65.9  257.4     0.26   207.6     0.81
+    panoptic, 1      39.3  115.4     0.34   189.5     1.64
+    instance, 1      32.5  136.1     0.24   231.9     1.70
+    semantic, 1      42.9  198.2     0.22   177.7     0.90
+    re-merge, wall ms: kept query set seen before 1.0; new kept query set 13.2 (2 threads),
+    15.3 (1 thread); dense panoptic + semantic map 40.9 / 66.7
 
 On a loaded machine prefer ``--threads 1``: the other thread of each small operation waits for a core.
 """
