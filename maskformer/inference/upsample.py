@@ -96,7 +96,7 @@ def _take_rows(x: Tensor, idx: Tensor) -> Tensor:
     """``x.index_select(1, idx)`` of an (n, R, C) block, as whole-row copies from the (n R, C)
     view."""
     n, r, c = x.shape
-    flat = (torch.arange(0, n * r, r)[:, None] + idx).view(-1)  # (n nr,) row of (i, idx[j])
+    flat = (torch.arange(n)[:, None] * r + idx).view(-1)  # (n nr,) row of (i, idx[j])
     return x.reshape(n * r, c).index_select(0, flat).view(n, len(idx), c)
 
 
