@@ -34,14 +34,14 @@ DIAGNOSE = """() => {
 }"""
 
 
-def wait_js(page, expression: str, arg=None, timeout: float | None = None) -> None:
-    """``page.wait_for_function``; a timeout fails with what the page says about its requests
+def wait_js(page, expression: str, arg=None, timeout: float | None = None):
+    """``page.wait_for_function`` (its handle returned); a timeout fails with what the page says about its requests
     (busy count, the last requests' [op, ms to answer, ms to drawn], message, warnings, the
     inspector's state) and the last errors of its console."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     try:
-        page.wait_for_function(expression, arg=arg, timeout=timeout)
+        return page.wait_for_function(expression, arg=arg, timeout=timeout)
     except PlaywrightTimeout as e:
         try:
             said = page.evaluate(DIAGNOSE)

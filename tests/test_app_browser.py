@@ -25,6 +25,7 @@ from browser_canvas import (
     state,
     stroke,
     wait_idle,
+    wait_js,
 )
 
 pytestmark = [
@@ -44,7 +45,7 @@ def page():
     pytest.importorskip("playwright.sync_api")
     with browser_page(shared_server().url, height=900, width=1440) as pg:
         pg.wait_for_selector(CANVAS)
-        pg.wait_for_function("() => window.mfs !== undefined")
+        wait_js(pg, "() => window.mfs !== undefined")
         yield pg
 
 
@@ -67,7 +68,7 @@ def test_annotation_journey(page, shots, tmp_path):
     # both sliders to 0: every query that is not no-object becomes a segment
     for slider in ("#score-threshold", "#overlap-threshold"):
         act(page, lambda s=slider: page.locator(f"{s} input[type=range]").fill("0"))
-    page.wait_for_function("() => window.mfs.state.segs.length >= 3")
+    wait_js(page, "() => window.mfs.state.segs.length >= 3")
     wait_idle(page)
     shot(page, "03-thresholds")
 
@@ -76,7 +77,8 @@ def test_annotation_journey(page, shots, tmp_path):
     big = segs[0]["id"]
     click_segment(page, big)
     page.wait_for_selector(".mfs-row.on")
-    page.wait_for_function(
+    wait_js(
+        page,
         "q => (document.querySelector('#query-info') || {}).innerText?.startsWith(`query ${q}:`)",
         arg=segs[0]["query"],
     )
@@ -127,7 +129,8 @@ def test_annotation_journey(page, shots, tmp_path):
     assert float(attr(page, "data-zoom")) > z0
     shot(page, "09-zoomed")
     page.keyboard.press("f")
-    page.wait_for_function(
+    wait_js(
+        page,
         "z => Math.abs(+document.querySelector('#annotate-canvas').dataset.zoom - z) < 1e-3",
         arg=z0,
     )
@@ -136,8 +139,8 @@ def test_annotation_journey(page, shots, tmp_path):
     page.keyboard.down("Alt")
     page.mouse.click(*screen_of_image(page, 60.5, 40.5))
     page.keyboard.up("Alt")
-    page.wait_for_function(
-        "() => /^pixel \\(60, 40\\)/.test(document.querySelector('#probe-info').innerText)"
+    wait_js(
+        page, "() => /^pixel \\(60, 40\\)/.test(document.querySelector('#probe-info').innerText)"
     )
     shot(page, "10-probe")
 
@@ -178,10 +181,11 @@ def test_annotation_journey(page, shots, tmp_path):
     before = rev(page)
     page.keyboard.press("Control+s")
     ws = Workspace(server.root / "workspace")
-    page.wait_for_function(
-        "b => +document.querySelector('#annotate-canvas').dataset.revision > b", arg=before
+    wait_js(
+        page, "b => +document.querySelector('#annotate-canvas').dataset.revision > b", arg=before
     )
-    page.wait_for_function(
+    wait_js(
+        page,
         "id => document.querySelector('#annotate-canvas').dataset.image !== String(id)"
         " || /Saved/.test(document.body.innerText)",
         arg=image_id,
@@ -200,9 +204,10 @@ def test_bad_file_shows_a_warning(page, shots, tmp_path):
     empty.write_bytes(b"")
     page.set_input_files("input[type=file]", str(empty))
     # read the toast as soon as it shows: it closes itself after a few seconds
-    text = page.wait_for_function(
+    text = wait_js(
+        page,
         "() => Array.from(document.querySelectorAll('.toast-body')).map(e => e.innerText)"
-        ".find(t => t.includes('empty.png')) || false"
+        ".find(t => t.includes('empty.png')) || false",
     ).json_value()
     Shots(shots, "")(page, "15-bad-file-warning")
     assert "Warning" in text and "the data is empty" in text and attr(page, "data-image") == before

@@ -64,7 +64,7 @@ def open_page(server):
 
 def ready(page):
     page.wait_for_selector(CANVAS)
-    page.wait_for_function("() => window.mfs !== undefined")
+    wait_js(page, "() => window.mfs !== undefined")
 
 
 def image(page) -> int | None:
@@ -90,7 +90,7 @@ def goto(page, hotkey: str, expected: int) -> None:
 def at_thresholds_zero(page):
     for slider in ("#score-threshold", "#overlap-threshold"):
         act(page, lambda s=slider: page.locator(f"{s} input[type=range]").fill("0"))
-    page.wait_for_function("() => window.mfs.state.segs.length >= 3")
+    wait_js(page, "() => window.mfs.state.segs.length >= 3")
     wait_idle(page)
 
 
@@ -153,8 +153,9 @@ def test_keys_move_autosave_and_reload(app, shot):
         # the Workspace tab shows the new status at once
         page.get_by_role("tab", name="Workspace").click()
         page.get_by_text("Table (the shown queue").click()  # a closed accordion: open it
-        page.wait_for_function(
-            "() => document.querySelector('#workspace-table')?.innerText.includes('corrected')"
+        wait_js(
+            page,
+            "() => document.querySelector('#workspace-table')?.innerText.includes('corrected')",
         )
         page.get_by_text("Table (the shown queue").click()
         page.get_by_role("tab", name="Annotate").click()
@@ -165,9 +166,9 @@ def test_keys_move_autosave_and_reload(app, shot):
         key(page, "Delete")
         page.reload()
         ready(page)
-        page.wait_for_function("() => document.querySelector('#annotate-canvas').dataset.image")
+        wait_js(page, "() => document.querySelector('#annotate-canvas').dataset.image")
         assert image(page) == 1
-        page.wait_for_function("() => window.mfs.state.segs.length > 0")
+        wait_js(page, "() => window.mfs.state.segs.length > 0")
         assert seg not in [s["id"] for s in segments(page)]
         shot(page, "5-reloaded")
 

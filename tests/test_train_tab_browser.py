@@ -22,6 +22,7 @@ from app_helpers import (
     screenshot_folder,
     tiny_checkpoint,
 )
+from browser_canvas import wait_js
 from maskformer.data.synthetic import write_synthetic_dataset
 
 pytestmark = [
@@ -46,7 +47,8 @@ def text_of(page, elem_id: str) -> str:
 
 
 def wait_text(page, elem_id: str, needle: str, timeout: int = BROWSER_WAIT):
-    page.wait_for_function(
+    wait_js(
+        page,
         "([id, s]) => { const e = document.getElementById(id);"
         " return e && e.innerText.includes(s); }",
         arg=[elem_id, needle],
@@ -74,7 +76,7 @@ def test_one_click_finetune_in_the_browser(tmp_path, shots):
             transfer.import_source(ws, images[:2])  # images only: not corrected
             transfer.import_source(ws, data)  # 8 corrected images
             wait_text(page, "train-ready", "8 corrected images")
-            page.wait_for_function("!document.querySelector('#train-start').disabled")
+            wait_js(page, "!document.querySelector('#train-start').disabled")
             page.fill("#train-iters input", "3")
             page.fill("#train-batch input", "2")
             shot(page, shots, "2-ready")
