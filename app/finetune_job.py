@@ -22,9 +22,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from app.finetune import FinetuneSpec, meta_for, read_json
+from app.finetune import RECIPES, FinetuneSpec, meta_for, read_json
 from app.heldout import score, unchanged
-from app.replay import pseudo_label, repeats
+from app.replay import confused_classes, pseudo_label, repeats
 from app.store import Workspace
 from app.transfer import Record
 from app.verdict import judge
@@ -85,7 +85,9 @@ def write_training_set(
     ws: Workspace, spec: FinetuneSpec, base: Any, meta: DatasetMeta, corrected: Path, out: Path
 ) -> Path:
     """The training data: the corrected images, and with replay the base model's confident
-    predictions on uncorrected images, the corrected ones repeated to stay about half of it."""
+    predictions on uncorrected images, the corrected ones repeated to stay about half of it.
+    For an expert head the replay leaves out the classes the base model confuses with the new
+    ones (``app.replay.confused_classes``)."""
     if not spec.replay_images:
         shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(corrected, out)
@@ -95,10 +97,16 @@ def write_training_set(
     from maskformer.data.datasets import Sample
 
     ds = open_dataset(corrected)
+    leave_out = []
+    if RECIPES[spec.recipe].expert if spec.recipe in RECIPES else False:
+        leave_out = confused_classes(base, ds, spec.base_classes)
+        if leave_out:
+            names = ", ".join(meta.class_names[c] for c in leave_out)
+            print(f"replay leaves out {names}: the current model gives new-class objects that name")
     samples = []
     for image_id in spec.replay_images:
         image = ws.load_image(image_id)
-        id_map, segments = pseudo_label(base, image)
+        id_map, segments = pseudo_label(base, image, leave_out=leave_out)
         samples.append(Sample(image, id_map, segments, 0, f"r{image_id}.png"))
     for k in range(repeats(len(ds), len(samples))):
         for i in range(len(ds)):
@@ -151,14 +159,19 @@ def _base_classes(path: str) -> int:
 # ------------------------------------------------------------------------------------ training
 
 
-def train_command(spec: FinetuneSpec, train_dir: Path) -> list[str]:
+def train_command(
+    spec: FinetuneSpec, train_dir: Path, init: str | None = None, plain_k: int | None = None
+) -> list[str]:
+    """The train command of the job: from ``init`` (default the spec's base checkpoint), whose
+    network has ``plain_k`` classes (default the spec's ``base_classes``)."""
+    plain_k = spec.base_classes if plain_k is None else plain_k
     cmd = [
         sys.executable,
         "-m",
         "maskformer",
         "train",
         "--init",
-        spec.base_checkpoint,
+        init or spec.base_checkpoint,
         "--train",
         str(train_dir),
         "--out",
@@ -182,14 +195,14 @@ def train_command(spec: FinetuneSpec, train_dir: Path) -> list[str]:
         cmd += ["--lr", str(spec.lr)]
     if spec.copy_paste > 0:
         # paste instances of the new classes (of every thing class when there is none)
-        new_from = spec.base_classes if len(spec.category_ids) > spec.base_classes else 0
+        new_from = plain_k if len(spec.category_ids) > plain_k else 0
         cmd += [f"--input.copy_paste={spec.copy_paste}", f"--input.copy_paste_from={new_from}"]
     return cmd + [f"--{o}" for o in spec.overrides]
 
 
-def train(spec: FinetuneSpec, train_dir: Path) -> Path:
+def train(spec: FinetuneSpec, train_dir: Path, init: str, plain_k: int) -> Path:
     """Run the train command (same process group: a cancel stops it too); the final checkpoint."""
-    code = subprocess.call(train_command(spec, train_dir), stdin=subprocess.DEVNULL)
+    code = subprocess.call(train_command(spec, train_dir, init, plain_k), stdin=subprocess.DEVNULL)
     final = spec.run_dir / "model_final.safetensors"
     if code != 0 or not final.is_file():
         status = read_json(spec.run_dir / "status.json") or {}
@@ -201,6 +214,20 @@ def train(spec: FinetuneSpec, train_dir: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------ register
+
+
+def plain_base(spec: FinetuneSpec) -> tuple[str, int]:
+    """(checkpoint, classes) of the plain network the job trains from: the base checkpoint, or
+    when that is an extended model its base, written once to ``<job_dir>/base.safetensors``."""
+    from maskformer.checkpoint import peek_checkpoint, save_base_checkpoint
+
+    model = peek_checkpoint(spec.base_checkpoint).cfg.model
+    if not model.base_classes:
+        return spec.base_checkpoint, model.num_classes
+    out = Path(spec.job_dir) / "base.safetensors"
+    if not out.exists():
+        save_base_checkpoint(spec.base_checkpoint, out)
+    return str(out), model.base_classes
 
 
 def register(ws: Workspace, spec: FinetuneSpec, final: Path, metrics: dict[str, Any]) -> int:
@@ -265,8 +292,15 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
         write_training_set(ws, spec, base, meta, corrected_dir, train_dir)
         write_json(job_dir / "before.json", before)
         clock.lap("before")
-    write_phase(job_dir, "train", f"training {spec.iters} iterations on {spec.device}")
-    final = train(spec, train_dir)
+    init, plain_k = plain_base(spec)
+    expert = RECIPES[spec.recipe].expert if spec.recipe in RECIPES else False
+    what = "an expert head for the new classes" if expert else "the model"
+    write_phase(job_dir, "train", f"training {what}: {spec.iters} iterations on {spec.device}")
+    final = train(spec, train_dir, init, plain_k)
+    if expert:
+        from maskformer.checkpoint import extend_checkpoint
+
+        final = extend_checkpoint(init, final, spec.run_dir / "extended.safetensors")
     clock.lap("train")
     write_phase(job_dir, "after", "scoring the fine-tuned model on the held-out images")
     from maskformer.inference import Predictor
@@ -309,6 +343,7 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
         "after": after,
         "verdict": verdict.to_dict(),
         "activated": verdict.activate,
+        "recipe": spec.recipe,
         "new_classes": new_classes,
         **checks,
         "timing": clock.summary(),

@@ -20,7 +20,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from maskformer.config import Config, ConfigError, DatasetMeta, config_from_dict, config_to_dict
+from maskformer.config import (
+    Config,
+    ConfigError,
+    DatasetMeta,
+    ModelConfig,
+    config_from_dict,
+    config_to_dict,
+)
 from maskformer.errors import CheckpointError
 from maskformer.partial_load import (
     LoadReport,
@@ -337,3 +344,76 @@ def load_model(
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# extended models (maskformer.model.extension)
+
+
+def extend_checkpoint(
+    base_path: str | Path,
+    expert_path: str | Path,
+    out: str | Path,
+    *,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write the extension of ``base_path`` by ``expert_path`` to ``out`` (atomically).
+
+    ``expert_path`` is a plain model trained from the base with the backbone frozen on the base's
+    classes followed by new ones (the fine-tune's output); its pixel decoder and predictor become
+    the expert head, its classes and their metadata the extension's.
+
+    Raises:
+        CheckpointError: either file is an extension already, the two differ in anything but the
+            class count, the expert does not add classes, or its backbone is not the base's.
+    """
+    base, expert = load_checkpoint(base_path), load_checkpoint(expert_path)
+    bm, em = base.cfg.model, expert.cfg.model
+    for name, m in ((base_path, bm), (expert_path, em)):
+        if m.base_classes:
+            raise CheckpointError(f"{name} is an extended model already; give its base model")
+    if replace(bm, num_classes=em.num_classes) != em:
+        raise CheckpointError(
+            f"{expert_path} is not a fine-tune of {base_path}: their models differ in more than "
+            "the class count"
+        )
+    if em.num_classes <= bm.num_classes:
+        raise CheckpointError(f"{expert_path} adds no class to the {bm.num_classes} of the base")
+    if tuple(expert.meta.class_names[: bm.num_classes]) != tuple(base.meta.class_names):
+        raise CheckpointError(f"{expert_path}'s classes do not start with {base_path}'s")
+    state = {f"base.{k}": v for k, v in base.state_dict.items()}
+    for key, value in expert.state_dict.items():
+        if key.startswith("backbone."):
+            kept = base.state_dict.get(key)
+            if kept is None or not torch.equal(kept, value):
+                raise CheckpointError(
+                    f"{expert_path}'s backbone differs from the base's ({key}): the expert must "
+                    "be trained with solver.freeze=backbone"
+                )
+        else:
+            state[f"expert.{key}"] = value
+    model = replace(em, base_classes=bm.num_classes)
+    return save_checkpoint(
+        out, state, replace(expert.cfg, model=model), expert.meta, extra=extra or {}
+    )
+
+
+def save_base_checkpoint(path: str | Path, out: str | Path) -> Path:
+    """Write the base model of the extended model at ``path`` as a plain checkpoint to ``out``."""
+    ckpt = load_checkpoint(path)
+    k = ckpt.cfg.model.base_classes
+    if not k:
+        raise ValueError(f"{path} is not an extended model")
+    state = {key[5:]: v for key, v in ckpt.state_dict.items() if key.startswith("base.")}
+    plain = ModelConfig()
+    model = replace(
+        ckpt.cfg.model,
+        num_classes=k,
+        base_classes=0,
+        expert_threshold=plain.expert_threshold,
+        expert_overlap=plain.expert_overlap,
+        expert_margin=plain.expert_margin,
+    )
+    return save_checkpoint(
+        out, state, replace(ckpt.cfg, model=model), resize_meta(ckpt.meta, k), extra=ckpt.extra
+    )

@@ -91,6 +91,16 @@ class ModelConfig:
     # (sigmoid > 0.5) of the previous prediction; that prediction is supervised as one more aux output.
     masked_attention: bool = False
     size_divisibility: int = 32  # model-level padding of the batch (0 for COCO panoptic)
+    # A fine-tune's extension (maskformer.model.extension; 0: a plain MaskFormer): the first
+    # base_classes classes come unchanged from the base network, the others from an expert head
+    # (pixel decoder + predictor) on the same backbone features. An expert query counts when a new
+    # class has probability > expert_threshold; a base query gives way to a counted expert query
+    # covering more than expert_overlap of its mask whose new-class probability + expert_margin
+    # beats the base query's own class probability.
+    base_classes: int = 0
+    expert_threshold: float = 0.5
+    expert_overlap: float = 0.5
+    expert_margin: float = 0.15
 
     @property
     def num_predictions(self) -> int:

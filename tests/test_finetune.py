@@ -25,6 +25,8 @@ from app import inspector, transfer
 from app.callbacks import make_context
 from app.editing import make_annotation
 from app.finetune import (
+    EXPERT,
+    FINETUNE,
     FinetuneError,
     Finetuner,
     Settings,
@@ -285,6 +287,23 @@ def test_spec_records_split_and_classes(ws):
     assert spec.base_classes == 8 and spec.checkpoint_period == 5
     saved = json.loads((Path(spec.job_dir) / "spec.json").read_text())
     assert saved["iters"] == 12 and saved["device"] == "cpu"
+    # a class the model lacks: the tab's recipe keeps the base and trains an expert head
+    assert spec.recipe == "expert" and "solver.freeze=backbone" in spec.overrides
+
+
+def test_the_recipe_follows_whether_the_corrections_add_a_class(ws, tmp_path):
+    tuner = Finetuner(ws)
+    plain = tuner.prepare("base.safetensors", None, synthetic_meta(), Settings(device="cpu"))
+    assert plain.recipe == "finetune" and plain.iters == FINETUNE.iters  # nothing new: whole model
+    with pytest.raises(FinetuneError, match="the corrected images add none"):
+        tuner.prepare("base.safetensors", None, synthetic_meta(), Settings(recipe="expert"))
+    _relabel(ws, "water", "lake", n=6)
+    spec = tuner.prepare("base.safetensors", None, synthetic_meta(), Settings(device="cpu"))
+    assert spec.recipe == "expert" and spec.iters == EXPERT.iters and spec.lr == EXPERT.lr
+    base = tuner.prepare(
+        "base.safetensors", None, synthetic_meta(), Settings(recipe="base", device="cpu")
+    )
+    assert base.recipe == "base"  # asked for by name: kept
 
 
 # ------------------------------------------------------------------------------------ versions

@@ -14,9 +14,10 @@ from PIL import Image
 from app import transfer
 from app.finetune import FinetuneSpec, meta_for, schedule
 from app.finetune_job import export_images, train_command, write_training_set
-from app.replay import pseudo_label, repeats, replay_images
+from app.replay import confused_classes, pseudo_label, repeats, replay_images
 from app.store import Workspace
 from maskformer.data import open_dataset
+from maskformer.data.datasets import Sample
 from maskformer.data.synthetic import synthetic_meta, write_synthetic_dataset
 
 
@@ -77,6 +78,42 @@ def test_pseudo_label_keeps_confident_segments_and_leaves_the_rest_void():
     assert (id_map[:, :5] == 1).all() and (id_map[:, 5:] == 0).all()
     _, both = pseudo_label(_Scripted(), image, min_score=0.5)
     assert [s["category_id"] for s in both] == [0, 5]
+    id_map, kept = pseudo_label(_Scripted(), image, min_score=0.5, leave_out=[0])
+    assert [s["category_id"] for s in kept] == [5] and (id_map[:, :5] == 0).all()
+
+
+class _Listing:
+    def __init__(self, samples):
+        self.samples = samples
+
+    def __len__(self):
+        return len(self.samples)
+
+    def load(self, i):
+        return self.samples[i]
+
+
+def _sample(new_on_left: bool) -> Sample:
+    """8 x 10 ground truth: the left half is class 8 (new) or 0 (old), the right half sky (5)."""
+    id_map = np.ones((8, 10), np.int32)
+    id_map[:, 5:] = 2
+    left = 8 if new_on_left else 0
+    segs = [
+        {"id": 1, "category_id": left, "iscrowd": 0, "isthing": True},
+        {"id": 2, "category_id": 5, "iscrowd": 0, "isthing": False},
+    ]
+    return Sample(np.zeros((8, 10, 3), np.uint8), id_map, segs, 0, "x.png")
+
+
+def test_confused_classes_are_those_the_model_gives_to_new_class_objects():
+    # the scripted model calls the left half "circle" (0, score 0.9) in every image; it lies on
+    # new-class ground truth in 2 of these 3 images
+    ds = _Listing([_sample(True), _sample(False), _sample(True)])
+    assert confused_classes(_Scripted(), ds, old_classes=8) == [0]
+    assert confused_classes(_Scripted(), ds, old_classes=8, share=0.6) == [0]
+    assert confused_classes(_Scripted(), ds, old_classes=8, share=0.7) == []
+    ds = _Listing([_sample(False), _sample(False)])  # never on a new class
+    assert confused_classes(_Scripted(), ds, old_classes=8) == []
 
 
 @pytest.mark.parametrize(("corrected", "replayed", "want"), [(16, 100, 6), (16, 0, 1), (0, 5, 5)])

@@ -39,8 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--recipe",
         choices=sorted(RECIPES),
         default="finetune",
-        help="finetune: the Train tab's recipe (default); base: the recipe the tab ran before "
-        "(the base model's own solver, 200 iterations), kept for comparison",
+        help="finetune: the Train tab's recipe (default; when the corrections add classes it "
+        "runs the expert recipe: the base model kept, an expert head trained for the new "
+        "classes); expert: that recipe by name; base: the recipe the tab ran before (the base "
+        "model's own solver, 200 iterations), kept for comparison",
     )
 
 
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         "version": r["version_id"],
         "checkpoint": r["path"],
         "parent": version,
-        "recipe": settings.resolved_recipe().name,
+        "recipe": r.get("recipe", settings.resolved_recipe().name),
         "activated": r["activated"],
         "verdict": r["verdict"]["status"],
         "summary": r["verdict"]["summary"],

@@ -144,11 +144,21 @@ def run(args: argparse.Namespace) -> int:
         # Converted once (official, Hugging Face) and checked against its own config before any
         # model is built from it: a header claiming 10^7 queries is refused, not allocated.
         args.init = str(resolve_checkpoint(args.init).path)
-        verify_checkpoint(args.init)
+        if verify_checkpoint(args.init).cfg.model.base_classes > 0:
+            raise UserError(
+                f"--init {args.init} is an extended model (a base model and an expert head for "
+                "the classes a fine-tune added); train from its base model instead "
+                "(`python -m app finetune` does that)"
+            )
     try:
         cfg = resolve_config(args)
     except ConfigError as e:
         raise UserError(str(e)) from None
+    if cfg.model.base_classes > 0:
+        raise UserError(
+            "model.base_classes > 0 describes an extended model, which the fine-tune builds from "
+            "a trained base and expert; it is not trained as a whole"
+        )
     opts = TrainOptions(
         train=args.train,
         out=args.out,

@@ -45,19 +45,55 @@ class MaskFormer(nn.Module):
             dec_layers - 1 decoder layers (with ``masked_attention`` also the prediction made
             before the first layer: dec_layers entries), or an empty list.
         """
-        features = self.backbone(images)
-        mask_features, encoder_features = self.pixel_decoder(features)
-        if self.transformer_in_feature == "transformer_encoder":
-            x = encoder_features
-        elif self.transformer_in_feature == "pixel_embedding":
-            x = mask_features
-        else:
-            x = features[self.transformer_in_feature]
-        return self.predictor(x, mask_features, aux=self.training if aux is None else aux)
+        return decode(
+            self.pixel_decoder,
+            self.predictor,
+            self.transformer_in_feature,
+            self.backbone(images),
+            aux=self.training if aux is None else aux,
+        )
 
 
-def build_model(cfg: ModelConfig) -> MaskFormer:
-    """The network described by ``cfg`` (random init apart from ``cfg.pretrained`` backbones)."""
+def decode(
+    pixel_decoder: nn.Module,
+    predictor: nn.Module,
+    transformer_in_feature: str,
+    features: dict[str, Tensor],
+    *,
+    aux: bool,
+) -> MaskFormerOutput:
+    """Pixel decoder then transformer predictor on backbone ``features`` (res2..res5)."""
+    mask_features, encoder_features = pixel_decoder(features)
+    if transformer_in_feature == "transformer_encoder":
+        x = encoder_features
+    elif transformer_in_feature == "pixel_embedding":
+        x = mask_features
+    else:
+        x = features[transformer_in_feature]
+    return predictor(x, mask_features, aux=aux)
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """The network described by ``cfg`` (random init apart from ``cfg.pretrained`` backbones).
+
+    ``cfg.base_classes > 0`` describes a fine-tune's extension (``maskformer.model.extension``):
+    a MaskFormer of the first ``base_classes`` classes and an expert head for the rest.
+    """
+    if cfg.base_classes > 0:
+        from maskformer.model.extension import build_extension
+
+        return build_extension(cfg)
+    backbone = build_backbone(cfg)
+    pixel_decoder, predictor = build_head(cfg, backbone.out_channels)
+    return MaskFormer(
+        backbone=backbone,
+        pixel_decoder=pixel_decoder,
+        predictor=predictor,
+        transformer_in_feature=cfg.transformer_in_feature,
+    )
+
+
+def _check_in_feature(cfg: ModelConfig) -> None:
     if cfg.transformer_in_feature == "transformer_encoder" and cfg.enc_layers <= 0:
         raise ConfigError("transformer_in_feature='transformer_encoder' needs enc_layers > 0")
     if cfg.transformer_in_feature not in (*RES_NAMES, "transformer_encoder", "pixel_embedding"):
@@ -66,9 +102,13 @@ def build_model(cfg: ModelConfig) -> MaskFormer:
             f"res5), 'transformer_encoder' or 'pixel_embedding', got "
             f"{cfg.transformer_in_feature!r}"
         )
-    backbone = build_backbone(cfg)
+
+
+def build_head(cfg: ModelConfig, in_channels: dict[str, int]) -> tuple[nn.Module, nn.Module]:
+    """The pixel decoder and transformer predictor for backbone features of ``in_channels``."""
+    _check_in_feature(cfg)
     pixel_decoder = build_pixel_decoder(
-        in_channels=backbone.out_channels,
+        in_channels=in_channels,
         conv_dim=cfg.conv_dim,
         mask_dim=cfg.mask_dim,
         norm=cfg.norm,
@@ -79,14 +119,14 @@ def build_model(cfg: ModelConfig) -> MaskFormer:
         pre_norm=cfg.pre_norm,
     )
     if cfg.transformer_in_feature == "transformer_encoder":
-        in_channels = cfg.conv_dim
+        in_dim = cfg.conv_dim
     elif cfg.transformer_in_feature == "pixel_embedding":  # the mask features themselves
-        in_channels = cfg.mask_dim
+        in_dim = cfg.mask_dim
     else:
-        in_channels = backbone.out_channels[cfg.transformer_in_feature]
+        in_dim = in_channels[cfg.transformer_in_feature]
     predictor_cls = MaskedAttentionPredictor if cfg.masked_attention else TransformerPredictor
     predictor = predictor_cls(
-        in_channels=in_channels,
+        in_channels=in_dim,
         num_classes=cfg.num_classes,
         num_queries=cfg.num_queries,
         hidden_dim=cfg.hidden_dim,
@@ -99,9 +139,4 @@ def build_model(cfg: ModelConfig) -> MaskFormer:
         enforce_input_proj=cfg.enforce_input_proj,
         deep_supervision=cfg.deep_supervision,
     )
-    return MaskFormer(
-        backbone=backbone,
-        pixel_decoder=pixel_decoder,
-        predictor=predictor,
-        transformer_in_feature=cfg.transformer_in_feature,
-    )
+    return pixel_decoder, predictor

@@ -1,0 +1,176 @@
+"""A fine-tuned model that cannot forget: the base MaskFormer unchanged, plus an expert head for
+the classes a fine-tune added.
+
+Fine-tuning the whole network on a handful of corrected images costs the classes it knew a few
+PQ even with replay and distillation, and even on clean in-distribution labels (docs/finetune.md).
+An extension keeps the base network bit for bit and adds a second pixel decoder and transformer
+predictor (the expert, trained by the fine-tune with the backbone frozen) on the same backbone
+features, so the backbone runs once. At inference the two query sets are merged into one ordinary
+MaskFormer output, (B, Qb + Qe, K + 1) class logits and (B, Qb + Qe, h, w) mask logits, which the
+usual post-processing reads unchanged:
+
+- base query: its K_old class probabilities and "no object" as the base model gives them, 0 for
+  the new classes; but when a kept expert query covers more than ``expert_overlap`` of its mask
+  (logit > 0) and that query's added-class probability plus ``expert_margin`` exceeds the base
+  query's own class probability, all its mass moves to "no object" (the expert found a new-class
+  object there, which the base model could only call an old class);
+- expert query: kept when one new class has probability > ``expert_threshold``; it then carries
+  its new-class probabilities and the rest as "no object", 0 for the old classes (the base model
+  answers for those). An expert query not kept is "no object".
+
+The logits returned are log-probabilities (softmax gives the merged probabilities back). On an
+image where the expert keeps no query the base model's predictions come out exactly, so the old
+classes can only lose where the expert claims an object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from torch import Tensor, nn
+
+from maskformer.config import ConfigError, ModelConfig
+from maskformer.contracts import MaskFormerOutput
+
+
+class ExtendedMaskFormer(nn.Module):
+    """``base`` (a MaskFormer of K_old classes) plus ``expert`` (pixel decoder and predictor of
+    K_old + K_added classes on the base's backbone features). Inference only."""
+
+    def __init__(
+        self,
+        base: nn.Module,
+        expert: nn.Module,
+        *,
+        base_classes: int,
+        threshold: float = 0.5,
+        overlap: float = 0.5,
+        margin: float = 0.15,
+    ) -> None:
+        super().__init__()
+        self.base = base
+        self.expert = expert
+        self.base_classes = base_classes
+        self.threshold = threshold
+        self.overlap = overlap
+        self.margin = margin
+
+    def forward(self, images: Tensor, *, aux: bool | None = None) -> MaskFormerOutput:
+        """The merged predictions (see the module docstring); never ``aux_outputs``."""
+        if self.training or aux:
+            raise RuntimeError(
+                "an extended model (base + expert head, made by the fine-tune) is for inference; "
+                "train its base model or a new expert instead"
+            )
+        from maskformer.model.maskformer import decode
+
+        features = self.base.backbone(images)
+        base = decode(
+            self.base.pixel_decoder,
+            self.base.predictor,
+            self.base.transformer_in_feature,
+            features,
+            aux=False,
+        )
+        expert = self.expert(features)
+        logits = merge_logits(
+            base["pred_logits"],
+            base["pred_masks"],
+            expert["pred_logits"],
+            expert["pred_masks"],
+            self.base_classes,
+            self.threshold,
+            self.overlap,
+            self.margin,
+        )
+        masks = torch.cat([base["pred_masks"], expert["pred_masks"]], 1)
+        return {"pred_logits": logits, "pred_masks": masks, "aux_outputs": []}
+
+
+class ExpertHead(nn.Module):
+    """Pixel decoder and transformer predictor on given backbone features."""
+
+    def __init__(self, pixel_decoder: nn.Module, predictor: nn.Module, transformer_in_feature: str):
+        super().__init__()
+        self.pixel_decoder = pixel_decoder
+        self.predictor = predictor
+        self.transformer_in_feature = transformer_in_feature
+
+    def forward(self, features: dict[str, Tensor]) -> MaskFormerOutput:
+        from maskformer.model.maskformer import decode
+
+        return decode(
+            self.pixel_decoder, self.predictor, self.transformer_in_feature, features, aux=False
+        )
+
+
+def merge_logits(
+    base_logits: Tensor,
+    base_masks: Tensor,
+    expert_logits: Tensor,
+    expert_masks: Tensor,
+    base_classes: int,
+    threshold: float,
+    overlap: float,
+    margin: float = 0.15,
+) -> Tensor:
+    """(B, Qb + Qe, K + 1) log-probabilities of the merged query set.
+
+    Args:
+        base_logits: (B, Qb, K_old + 1); base_masks: (B, Qb, h, w) logits.
+        expert_logits: (B, Qe, K + 1), classes 0..K_old-1 old, K_old..K-1 added, K no object;
+            expert_masks: (B, Qe, h, w) logits.
+    """
+    k_old = base_classes
+    dtype = expert_logits.dtype
+    pb = base_logits.float().softmax(-1)  # (B, Qb, K_old + 1)
+    pe = expert_logits.float().softmax(-1)  # (B, Qe, K + 1)
+    added = pe[..., k_old:-1]  # (B, Qe, K_added)
+    kept = added.amax(-1) > threshold  # (B, Qe)
+    added = added * kept[..., None]
+    # a base query gives way to a kept expert query that covers more than `overlap` of its mask
+    # and whose added-class probability plus `margin` beats the base query's own class probability
+    fb = (base_masks > 0).flatten(2).float()  # (B, Qb, hw)
+    fe = (expert_masks > 0).flatten(2).float()  # (B, Qe, hw)
+    inter = fb @ fe.transpose(1, 2)  # (B, Qb, Qe)
+    covers = inter > overlap * fb.sum(-1, keepdim=True).clamp(min=1)
+    surer = added.amax(-1)[:, None, :] + margin > pb[..., :k_old].amax(-1)[..., None]
+    yields = (covers & surer & kept[:, None, :]).any(-1)  # (B, Qb)
+    pb_old = pb[..., :k_old] * (~yields)[..., None]
+    base_probs = torch.cat(
+        [
+            pb_old,
+            torch.zeros_like(added[:, :1]).expand(-1, pb.shape[1], -1),
+            1 - pb_old.sum(-1, True),
+        ],
+        -1,
+    )
+    expert_probs = torch.cat(
+        [torch.zeros_like(pe[..., :k_old]), added, 1 - added.sum(-1, True)], -1
+    )
+    probs = torch.cat([base_probs, expert_probs], 1)
+    tiny = torch.finfo(dtype).tiny if dtype.is_floating_point else 1e-30
+    return probs.clamp(min=max(tiny, 1e-30)).log().to(dtype)
+
+
+def build_extension(cfg: ModelConfig) -> ExtendedMaskFormer:
+    """An extension of ``cfg.num_classes`` classes over a base of ``cfg.base_classes``."""
+    from maskformer.model.maskformer import build_head, build_model
+
+    if not 0 < cfg.base_classes < cfg.num_classes:
+        raise ConfigError(
+            f"model.base_classes must be between 1 and num_classes - 1 ({cfg.num_classes - 1}), "
+            f"got {cfg.base_classes}"
+        )
+    base = build_model(replace(cfg, num_classes=cfg.base_classes, base_classes=0))
+    pixel_decoder, predictor = build_head(replace(cfg, base_classes=0), base.backbone.out_channels)
+    expert = ExpertHead(pixel_decoder, predictor, cfg.transformer_in_feature)
+    return ExtendedMaskFormer(
+        base,
+        expert,
+        base_classes=cfg.base_classes,
+        threshold=cfg.expert_threshold,
+        overlap=cfg.expert_overlap,
+        margin=cfg.expert_margin,
+    )
