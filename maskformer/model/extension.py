@@ -25,18 +25,15 @@ classes can only lose where the expert claims an object.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 from torch import Tensor, nn
 
-from maskformer.config import ConfigError, ModelConfig
 from maskformer.contracts import MaskFormerOutput
 
 
 class ExtendedMaskFormer(nn.Module):
-    """``base`` (a MaskFormer of K_old classes) plus ``expert`` (pixel decoder and predictor of
-    K_old + K_added classes on the base's backbone features). Inference only."""
+    """``base`` (a MaskFormer of K_old classes) plus ``expert`` (a MaskFormer of K_old + K_added
+    classes without a backbone, run on the base's backbone features). Inference only."""
 
     def __init__(
         self,
@@ -63,17 +60,9 @@ class ExtendedMaskFormer(nn.Module):
                 "an extended model (base + expert head, made by the fine-tune) is for inference; "
                 "train its base model or a new expert instead"
             )
-        from maskformer.model.maskformer import decode
-
         features = self.base.backbone(images)
-        base = decode(
-            self.base.pixel_decoder,
-            self.base.predictor,
-            self.base.transformer_in_feature,
-            features,
-            aux=False,
-        )
-        expert = self.expert(features)
+        base = self.base.decode(features, aux=False)
+        expert = self.expert.decode(features, aux=False)
         logits = merge_logits(
             base["pred_logits"],
             base["pred_masks"],
@@ -86,23 +75,6 @@ class ExtendedMaskFormer(nn.Module):
         )
         masks = torch.cat([base["pred_masks"], expert["pred_masks"]], 1)
         return {"pred_logits": logits, "pred_masks": masks, "aux_outputs": []}
-
-
-class ExpertHead(nn.Module):
-    """Pixel decoder and transformer predictor on given backbone features."""
-
-    def __init__(self, pixel_decoder: nn.Module, predictor: nn.Module, transformer_in_feature: str):
-        super().__init__()
-        self.pixel_decoder = pixel_decoder
-        self.predictor = predictor
-        self.transformer_in_feature = transformer_in_feature
-
-    def forward(self, features: dict[str, Tensor]) -> MaskFormerOutput:
-        from maskformer.model.maskformer import decode
-
-        return decode(
-            self.pixel_decoder, self.predictor, self.transformer_in_feature, features, aux=False
-        )
 
 
 def merge_logits(
@@ -152,25 +124,3 @@ def merge_logits(
     probs = torch.cat([base_probs, expert_probs], 1)
     tiny = torch.finfo(dtype).tiny if dtype.is_floating_point else 1e-30
     return probs.clamp(min=max(tiny, 1e-30)).log().to(dtype)
-
-
-def build_extension(cfg: ModelConfig) -> ExtendedMaskFormer:
-    """An extension of ``cfg.num_classes`` classes over a base of ``cfg.base_classes``."""
-    from maskformer.model.maskformer import build_head, build_model
-
-    if not 0 < cfg.base_classes < cfg.num_classes:
-        raise ConfigError(
-            f"model.base_classes must be between 1 and num_classes - 1 ({cfg.num_classes - 1}), "
-            f"got {cfg.base_classes}"
-        )
-    base = build_model(replace(cfg, num_classes=cfg.base_classes, base_classes=0))
-    pixel_decoder, predictor = build_head(replace(cfg, base_classes=0), base.backbone.out_channels)
-    expert = ExpertHead(pixel_decoder, predictor, cfg.transformer_in_feature)
-    return ExtendedMaskFormer(
-        base,
-        expert,
-        base_classes=cfg.base_classes,
-        threshold=cfg.expert_threshold,
-        overlap=cfg.expert_overlap,
-        margin=cfg.expert_margin,
-    )

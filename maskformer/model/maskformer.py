@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from torch import Tensor, nn
 
 from maskformer.config import ConfigError, ModelConfig
 from maskformer.contracts import MaskFormerOutput
 from maskformer.model.backbone import RES_NAMES, build_backbone
+from maskformer.model.extension import ExtendedMaskFormer
 from maskformer.model.masked_attention import MaskedAttentionPredictor
 from maskformer.model.pixel_decoder import build_pixel_decoder
 from maskformer.model.predictor import TransformerPredictor
@@ -15,12 +18,16 @@ __all__ = ["MaskFormer", "MaskedAttentionPredictor", "TransformerPredictor", "bu
 
 
 class MaskFormer(nn.Module):
-    """Per-segment mask classification (Cheng et al. 2021). Input must be normalised and padded."""
+    """Per-segment mask classification (Cheng et al. 2021). Input must be normalised and padded.
+
+    ``backbone`` None: the heads only, run on given features through ``decode`` (the expert of an
+    extended model, ``maskformer.model.extension``).
+    """
 
     def __init__(
         self,
         *,
-        backbone: nn.Module,
+        backbone: nn.Module | None,
         pixel_decoder: nn.Module,
         predictor: TransformerPredictor,
         transformer_in_feature: str = "res5",
@@ -45,32 +52,18 @@ class MaskFormer(nn.Module):
             dec_layers - 1 decoder layers (with ``masked_attention`` also the prediction made
             before the first layer: dec_layers entries), or an empty list.
         """
-        return decode(
-            self.pixel_decoder,
-            self.predictor,
-            self.transformer_in_feature,
-            self.backbone(images),
-            aux=self.training if aux is None else aux,
-        )
+        return self.decode(self.backbone(images), aux=self.training if aux is None else aux)
 
-
-def decode(
-    pixel_decoder: nn.Module,
-    predictor: nn.Module,
-    transformer_in_feature: str,
-    features: dict[str, Tensor],
-    *,
-    aux: bool,
-) -> MaskFormerOutput:
-    """Pixel decoder then transformer predictor on backbone ``features`` (res2..res5)."""
-    mask_features, encoder_features = pixel_decoder(features)
-    if transformer_in_feature == "transformer_encoder":
-        x = encoder_features
-    elif transformer_in_feature == "pixel_embedding":
-        x = mask_features
-    else:
-        x = features[transformer_in_feature]
-    return predictor(x, mask_features, aux=aux)
+    def decode(self, features: dict[str, Tensor], *, aux: bool) -> MaskFormerOutput:
+        """Pixel decoder then transformer predictor on backbone ``features`` (res2..res5)."""
+        mask_features, encoder_features = self.pixel_decoder(features)
+        if self.transformer_in_feature == "transformer_encoder":
+            x = encoder_features
+        elif self.transformer_in_feature == "pixel_embedding":
+            x = mask_features
+        else:
+            x = features[self.transformer_in_feature]
+        return self.predictor(x, mask_features, aux=aux)
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
@@ -80,8 +73,6 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     a MaskFormer of the first ``base_classes`` classes and an expert head for the rest.
     """
     if cfg.base_classes > 0:
-        from maskformer.model.extension import build_extension
-
         return build_extension(cfg)
     backbone = build_backbone(cfg)
     pixel_decoder, predictor = build_head(cfg, backbone.out_channels)
@@ -140,3 +131,29 @@ def build_head(cfg: ModelConfig, in_channels: dict[str, int]) -> tuple[nn.Module
         deep_supervision=cfg.deep_supervision,
     )
     return pixel_decoder, predictor
+
+
+def build_extension(cfg: ModelConfig) -> ExtendedMaskFormer:
+    """An extended model of ``cfg.num_classes`` classes over a base of ``cfg.base_classes``: the
+    base MaskFormer and an expert (a MaskFormer without a backbone of its own) on its features."""
+    if not 0 < cfg.base_classes < cfg.num_classes:
+        raise ConfigError(
+            f"model.base_classes must be between 1 and num_classes - 1 ({cfg.num_classes - 1}), "
+            f"got {cfg.base_classes}"
+        )
+    base = build_model(replace(cfg, num_classes=cfg.base_classes, base_classes=0))
+    pixel_decoder, predictor = build_head(replace(cfg, base_classes=0), base.backbone.out_channels)
+    expert = MaskFormer(
+        backbone=None,
+        pixel_decoder=pixel_decoder,
+        predictor=predictor,
+        transformer_in_feature=cfg.transformer_in_feature,
+    )
+    return ExtendedMaskFormer(
+        base,
+        expert,
+        base_classes=cfg.base_classes,
+        threshold=cfg.expert_threshold,
+        overlap=cfg.expert_overlap,
+        margin=cfg.expert_margin,
+    )
