@@ -294,6 +294,12 @@ class FinetuneSpec:
     def run_dir(self) -> Path:
         return Path(self.job_dir) / "run"
 
+    @property
+    def expert(self) -> bool:
+        """The job trains an expert head and saves an extended model (the expert recipe)."""
+        recipe = RECIPES.get(self.recipe)
+        return recipe is not None and recipe.expert
+
     def save(self) -> Path:
         path = Path(self.job_dir) / "spec.json"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from app.finetune import RECIPES, FinetuneSpec, meta_for, read_json
+from app.finetune import FinetuneSpec, meta_for, read_json
 from app.heldout import score, unchanged
 from app.replay import confused_classes, pseudo_label, repeats
 from app.store import Workspace
@@ -98,7 +98,7 @@ def write_training_set(
 
     ds = open_dataset(corrected)
     leave_out = []
-    if RECIPES[spec.recipe].expert if spec.recipe in RECIPES else False:
+    if spec.expert:
         leave_out = confused_classes(base, ds, spec.base_classes)
         if leave_out:
             names = ", ".join(meta.class_names[c] for c in leave_out)
@@ -293,11 +293,10 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
         write_json(job_dir / "before.json", before)
         clock.lap("before")
     init, plain_k = plain_base(spec)
-    expert = RECIPES[spec.recipe].expert if spec.recipe in RECIPES else False
-    what = "an expert head for the new classes" if expert else "the model"
+    what = "an expert head for the new classes" if spec.expert else "the model"
     write_phase(job_dir, "train", f"training {what}: {spec.iters} iterations on {spec.device}")
     final = train(spec, train_dir, init, plain_k)
-    if expert:
+    if spec.expert:
         from maskformer.checkpoint import extend_checkpoint
 
         final = extend_checkpoint(init, final, spec.run_dir / "extended.safetensors")
