@@ -87,7 +87,7 @@ EXPERT = Recipe(
         "model's confident predictions on up to 200 uncorrected images, without the old "
         "classes it gives new-class objects; the new classes' instances copy-pasted (p 0.8). "
         "On bench/finetune_gain.py: new class PQ 0 -> 61.6 (goal 65), old classes -0.8 PQ, "
-        "job 184 s (docs/finetune.md)"
+        "job 184-216 s (docs/finetune.md)"
     ),
     replay=True,
     copy_paste=0.8,
