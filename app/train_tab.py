@@ -318,6 +318,7 @@ def build_train_tab(ctx: Any, device: str | None = None) -> None:
             "msg": p.message,
             "versions": len(ws.model_versions()),
             "active": ctx.model_version_id,
+            "result": (p.result or {}).get("version_id"),
             "eta": None if p.eta_s is None else int(p.eta_s) // 5,
         }
         if sig == last:
@@ -337,10 +338,10 @@ def build_train_tab(ctx: Any, device: str | None = None) -> None:
             compare_frame(p.result),
             gr.Textbox(value=p.log_tail, visible=bool(p.log_tail)),
         ]
-        changed_versions = last is None or (last.get("versions"), last.get("active")) != (
-            sig["versions"],
-            sig["active"],
-        )
+        # the job registers its version a moment before it writes its result: a poll between
+        # the two sees the new version without knowing it is the job's, so the next one looks again
+        keys = ("versions", "active", "result")
+        changed_versions = last is None or any(last.get(k) != sig[k] for k in keys)
         if changed_versions:
             pick = (p.result or {}).get("version_id")
             out += version_updates(pick)

@@ -361,7 +361,8 @@ def extend_checkpoint(
 
     ``expert_path`` is a plain model trained from the base with the backbone frozen on the base's
     classes followed by new ones (the fine-tune's output); its pixel decoder and predictor become
-    the expert head, its classes and their metadata the extension's.
+    the expert head, its classes and their metadata the extension's. The two paths are kept in
+    the file's ``extra`` (with ``extra``).
 
     Raises:
         CheckpointError: either file is an extension already, the two differ in anything but the
@@ -393,9 +394,8 @@ def extend_checkpoint(
         else:
             state[f"expert.{key}"] = value
     model = replace(em, base_classes=bm.num_classes)
-    return save_checkpoint(
-        out, state, replace(expert.cfg, model=model), expert.meta, extra=extra or {}
-    )
+    extra = {"base": str(base_path), "expert": str(expert_path), **(extra or {})}
+    return save_checkpoint(out, state, replace(expert.cfg, model=model), expert.meta, extra=extra)
 
 
 def save_base_checkpoint(path: str | Path, out: str | Path) -> Path:

@@ -108,6 +108,7 @@ def test_an_extended_checkpoint_gives_the_base_predictions_where_the_expert_find
     ckpt = load_checkpoint(out)
     assert ckpt.cfg.model.base_classes == 3 and ckpt.cfg.model.num_classes == 4
     assert ckpt.meta.class_names[3] == "cross"
+    assert ckpt.extra["base"] == str(base_path) and ckpt.extra["expert"] == str(expert_path)
     assert not any(k.startswith("expert.backbone") for k in ckpt.state_dict)  # shared backbone
     pred = Predictor.from_checkpoint(out)
     assert isinstance(pred.model, ExtendedMaskFormer)

@@ -101,6 +101,8 @@ def test_one_click_finetune_in_the_browser(tmp_path, shots):
             assert Workspace(ws_dir).active_model_version().id == 1
             shot(page, shots, "4-finished")
             page.click("#compare-btn")  # the new version against its parent: both columns
+            # (the table shows v1 against itself before the click: wait for the answer)
+            wait_text(page, "compare-table", "v2")
             wait_text(page, "compare-table", "mIoU")
             table = text_of(page, "compare-table")
             assert "v1" in table and "v2" in table
