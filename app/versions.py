@@ -65,7 +65,8 @@ def version_rows(ws: Workspace) -> list[list[Any]]:
         rows.append(
             [
                 f"v{v.id}",
-                v.metrics.get("source") or Path(v.path).name,  # a converted model: where from
+                (v.metrics.get("source") or Path(v.path).name)  # a converted model: where from
+                + (" (base kept + expert head)" if v.metrics.get("recipe") == "expert" else ""),
                 "" if v.parent is None else f"v{v.parent}",
                 v.created,
                 "yes" if v.active else "",

@@ -395,6 +395,11 @@ def test_version_table_and_compare(tmp_path):
     assert cmp["PQ lake"] == ["0.0", "30.0"]
     sb2, sa2, _ = compare_scores(ws, v2.id, ctx.model_version_id)
     assert (sa2, sb2) == (sa, sb)
+    # an extended model (the expert recipe) says so in the table
+    v3 = ws.add_model_version(v2.path, parent=v2.id, metrics={**v2.metrics, "recipe": "expert"})
+    assert version_rows(ws)[0][0] == f"v{v3.id}"
+    assert version_rows(ws)[0][1].endswith("(base kept + expert head)")
+    assert not version_rows(ws)[1][1].endswith("(base kept + expert head)")
 
 
 def test_compare_scores_two_unrelated_versions_on_the_same_images(tmp_path):
