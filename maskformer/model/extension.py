@@ -41,9 +41,9 @@ class ExtendedMaskFormer(nn.Module):
         expert: nn.Module,
         *,
         base_classes: int,
-        threshold: float = 0.5,
-        overlap: float = 0.5,
-        margin: float = 0.15,
+        threshold: float,
+        overlap: float,
+        margin: float,
     ) -> None:
         super().__init__()
         self.base = base
@@ -110,14 +110,8 @@ def merge_logits(
     surer = added.amax(-1)[:, None, :] + margin > pb[..., :k_old].amax(-1)[..., None]
     yields = (covers & surer & kept[:, None, :]).any(-1)  # (B, Qb)
     pb_old = pb[..., :k_old] * (~yields)[..., None]
-    base_probs = torch.cat(
-        [
-            pb_old,
-            torch.zeros_like(added[:, :1]).expand(-1, pb.shape[1], -1),
-            1 - pb_old.sum(-1, True),
-        ],
-        -1,
-    )
+    none_added = pb.new_zeros(*pb.shape[:2], added.shape[-1])  # the base never has them
+    base_probs = torch.cat([pb_old, none_added, 1 - pb_old.sum(-1, True)], -1)
     expert_probs = torch.cat(
         [torch.zeros_like(pe[..., :k_old]), added, 1 - added.sum(-1, True)], -1
     )
