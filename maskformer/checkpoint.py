@@ -413,6 +413,7 @@ def save_base_checkpoint(path: str | Path, out: str | Path) -> Path:
         expert_threshold=plain.expert_threshold,
         expert_overlap=plain.expert_overlap,
         expert_margin=plain.expert_margin,
+        expert_duplicate=plain.expert_duplicate,
     )
     return save_checkpoint(
         out, state, replace(ckpt.cfg, model=model), resize_meta(ckpt.meta, k), extra=ckpt.extra

@@ -96,11 +96,13 @@ class ModelConfig:
     # (pixel decoder + predictor) on the same backbone features. An expert query counts when a new
     # class has probability > expert_threshold; a base query gives way to a counted expert query
     # covering more than expert_overlap of its mask whose new-class probability + expert_margin
-    # beats the base query's own class probability.
+    # beats the base query's own class probability. A counted expert query whose mask overlaps a
+    # surer counted expert query's by more than expert_duplicate (IoU) is a duplicate (not counted).
     base_classes: int = 0
     expert_threshold: float = 0.5
     expert_overlap: float = 0.5
     expert_margin: float = 0.15
+    expert_duplicate: float = 0.5
 
     @property
     def num_predictions(self) -> int:

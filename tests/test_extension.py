@@ -80,6 +80,38 @@ def test_a_base_query_surer_than_the_expert_by_more_than_the_margin_stays():
         assert bool(p[0, 0, -1] > 1 - 1e-6) is gives_way, (added_logit, margin)
 
 
+def test_of_two_kept_expert_queries_on_one_object_only_the_surer_counts():
+    # Two expert queries on the same object split its pixels in the panoptic merge, and both are
+    # then dropped for keeping too little of their masks: the less sure one is a duplicate.
+    k_old, h = 2, 8
+    left = torch.full((h, h), -5.0)
+    left[:, : h // 2] = 5.0  # 32 pixels
+    wider = torch.full((h, h), -5.0)
+    wider[:, : h // 2 + 1] = 5.0  # 40 pixels: IoU 0.8 with `left`
+    right = torch.full((h, h), -5.0)
+    right[:, h // 2 + 2 :] = 5.0  # no overlap
+    base_logits = torch.tensor([[[0.0, 0.0, 9.0]]])  # one base query, no object
+    base_masks = right[None, None]
+    expert_logits = torch.tensor(
+        [[[-9.0, -9.0, 2.0, 0.0], [-9.0, -9.0, 3.0, 0.0], [-9.0, -9.0, 1.0, 0.0]]]
+    )  # added-class p 0.88, 0.95, 0.73: all kept at 0.5
+    expert_masks = torch.stack([left, wider, right])[None]
+    added = _probs(expert_logits)[0, :, 2]
+    for duplicate, counted in ((0.5, [False, True, True]), (0.9, [True, True, True])):
+        logits = merge_logits(
+            base_logits, base_masks, expert_logits, expert_masks, k_old, 0.5, 0.5, 0.15, duplicate
+        )
+        got = _probs(logits)[0, 1:, 2]
+        want = torch.where(torch.tensor(counted), added, torch.zeros(3))
+        torch.testing.assert_close(got, want, atol=1e-7, rtol=0)
+    # a tie goes to the earlier query
+    tie = torch.tensor([[[-9.0, -9.0, 2.0, 0.0], [-9.0, -9.0, 2.0, 0.0]]])
+    p = _probs(
+        merge_logits(base_logits, base_masks, tie, torch.stack([left, left])[None], 2, 0.5, 0.5)
+    )
+    assert p[0, 1, 2] > 0.8 and p[0, 2, 2] < 1e-20
+
+
 def _pair(tmp_path, tiny_cfg):
     """A base checkpoint (3 classes) and an 'expert' (4 classes) with the base's backbone."""
     meta = synthetic_meta()

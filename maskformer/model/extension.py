@@ -16,7 +16,10 @@ usual post-processing reads unchanged:
   object there, which the base model could only call an old class);
 - expert query: kept when one new class has probability > ``expert_threshold``; it then carries
   its new-class probabilities and the rest as "no object", 0 for the old classes (the base model
-  answers for those). An expert query not kept is "no object".
+  answers for those). An expert query not kept is "no object", and so is a duplicate: a kept
+  expert query whose mask overlaps a surer kept expert query's with IoU > ``expert_duplicate``
+  (an expert trained on a few images often puts two queries on one object; they would split its
+  pixels in the panoptic merge and both be dropped for keeping too little of their masks).
 
 The logits returned are log-probabilities (softmax gives the merged probabilities back). On an
 image where the expert keeps no query the base model's predictions come out exactly, so the old
@@ -44,6 +47,7 @@ class ExtendedMaskFormer(nn.Module):
         threshold: float,
         overlap: float,
         margin: float,
+        duplicate: float,
     ) -> None:
         super().__init__()
         self.base = base
@@ -52,6 +56,7 @@ class ExtendedMaskFormer(nn.Module):
         self.threshold = threshold
         self.overlap = overlap
         self.margin = margin
+        self.duplicate = duplicate
 
     def forward(self, images: Tensor, *, aux: bool | None = None) -> MaskFormerOutput:
         """The merged predictions (see the module docstring); never ``aux_outputs``."""
@@ -72,6 +77,7 @@ class ExtendedMaskFormer(nn.Module):
             self.threshold,
             self.overlap,
             self.margin,
+            self.duplicate,
         )
         masks = torch.cat([base["pred_masks"], expert["pred_masks"]], 1)
         return {"pred_logits": logits, "pred_masks": masks, "aux_outputs": []}
@@ -86,6 +92,7 @@ def merge_logits(
     threshold: float,
     overlap: float,
     margin: float = 0.15,
+    duplicate: float = 0.5,
 ) -> Tensor:
     """(B, Qb + Qe, K + 1) log-probabilities of the merged query set.
 
@@ -99,12 +106,14 @@ def merge_logits(
     pb = base_logits.float().softmax(-1)  # (B, Qb, K_old + 1)
     pe = expert_logits.float().softmax(-1)  # (B, Qe, K + 1)
     added = pe[..., k_old:-1]  # (B, Qe, K_added)
-    kept = added.amax(-1) > threshold  # (B, Qe)
+    score = added.amax(-1)  # (B, Qe)
+    kept = score > threshold
+    fe = (expert_masks > 0).flatten(2).float()  # (B, Qe, hw)
+    kept = kept & ~_duplicates(fe, score, kept, duplicate)
     added = added * kept[..., None]
     # a base query gives way to a kept expert query that covers more than `overlap` of its mask
     # and whose added-class probability plus `margin` beats the base query's own class probability
     fb = (base_masks > 0).flatten(2).float()  # (B, Qb, hw)
-    fe = (expert_masks > 0).flatten(2).float()  # (B, Qe, hw)
     inter = fb @ fe.transpose(1, 2)  # (B, Qb, Qe)
     covers = inter > overlap * fb.sum(-1, keepdim=True).clamp(min=1)
     surer = added.amax(-1)[:, None, :] + margin > pb[..., :k_old].amax(-1)[..., None]
@@ -117,3 +126,19 @@ def merge_logits(
     )
     probs = torch.cat([base_probs, expert_probs], 1)
     return probs.clamp(min=1e-30).log().to(dtype)  # log(1e-30) = -69: in range in fp16 and bf16
+
+
+def _duplicates(masks: Tensor, score: Tensor, kept: Tensor, iou: float) -> Tensor:
+    """(B, Q) bool: kept queries whose mask overlaps a surer kept query's (earlier on a tie) by
+    more than ``iou``, the "fast NMS" of YOLACT (Bolya et al., 2019): a matrix, no loop, so the
+    ONNX export keeps it. masks: (B, Q, hw) 0/1; score, kept: (B, Q)."""
+    inter = masks @ masks.transpose(1, 2)  # (B, Q, Q)
+    area = masks.sum(-1)
+    union = area[:, :, None] + area[:, None, :] - inter
+    over = inter > iou * union.clamp(min=1)  # [b, i, j]: i and j overlap
+    q = score.shape[-1]
+    order = torch.arange(q, device=score.device)
+    surer = (score[:, :, None] > score[:, None, :]) | (
+        (score[:, :, None] == score[:, None, :]) & (order[:, None] < order[None, :])
+    )  # [b, i, j]: i is surer than j
+    return (over & surer & kept[:, :, None] & kept[:, None, :]).any(1)

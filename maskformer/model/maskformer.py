@@ -156,4 +156,5 @@ def build_extension(cfg: ModelConfig) -> ExtendedMaskFormer:
         threshold=cfg.expert_threshold,
         overlap=cfg.expert_overlap,
         margin=cfg.expert_margin,
+        duplicate=cfg.expert_duplicate,
     )
