@@ -80,14 +80,17 @@ EXPERT = Recipe(
     iters=900,
     batch=4,
     lr=1e-3,
-    overrides=("solver.warmup_iters=60", "solver.freeze=backbone"),
+    overrides=(
+        "solver.warmup_iters=60",
+        "solver.freeze=backbone",
+        "input.copy_paste_color=1.0",
+    ),
     about=(
         "the base model kept as it is, plus an expert head for the new classes: lr 1e-3 "
         "(warm-up 60) with the backbone frozen, 900 iterations, batch 4; replay of the base "
         "model's confident predictions on up to 200 uncorrected images, without the old "
-        "classes it gives new-class objects; the new classes' instances copy-pasted (p 0.8). "
-        "On bench/finetune_gain.py: new class PQ 0 -> 61.6 (goal 65), old classes -0.8 PQ, "
-        "job 184-216 s (docs/finetune.md)"
+        "classes it gives new-class objects; the new classes' instances copy-pasted (p 0.8), "
+        "each copy recoloured (docs/finetune.md has the bench's figures)"
     ),
     replay=True,
     copy_paste=0.8,

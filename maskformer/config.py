@@ -128,9 +128,11 @@ class InputConfig:
     mapper: str = "semantic"  # "semantic" | "panoptic" | "detr_panoptic"
     ignore_label: int = 255
     # copy-paste of thing instances between training images (maskformer.training.copy_paste):
-    # the chance per image (0: off) and the first class pasted (a fine-tune's new classes)
+    # the chance per image (0: off), the first class pasted (a fine-tune's new classes), and the
+    # chance a pasted instance gets a new colour (hue turned by any angle, brightness x 0.7-1.3)
     copy_paste: float = 0.0
     copy_paste_from: int = 0
+    copy_paste_color: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ with all three that keeps the frozen part bit for bit and resumes to the same we
 
 from dataclasses import replace
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -16,7 +17,7 @@ from maskformer.data import open_dataset
 from maskformer.data.coco import write_dataset
 from maskformer.data.synthetic import synthetic_meta, write_synthetic_dataset
 from maskformer.model import build_model
-from maskformer.training.copy_paste import CopyPaste
+from maskformer.training.copy_paste import CopyPaste, _recolor
 from maskformer.training.finetune import (
     distill_losses,
     freeze,
@@ -159,6 +160,37 @@ def test_copy_paste_pastes_new_class_instances_deterministically(cross_data):
     )
 
 
+def test_copy_paste_recolours_only_the_pasted_pixels(cross_data):
+    """``input.copy_paste_color``: the same instances pasted at the same places (the colours come
+    from a stream of their own), with new colours; the rest of the image is untouched."""
+    ds = open_dataset(cross_data)
+    plain = CopyPaste(ds, prob=1.0, from_class=8, seed=3, repeats=2)
+    tinted = CopyPaste(ds, prob=1.0, from_class=8, color=1.0, seed=3, repeats=2)
+    hue_shifts = []
+    for j in range(len(plain)):
+        a, b = plain.load(j), tinted.load(j)
+        np.testing.assert_array_equal(a.id_map, b.id_map)
+        assert a.segments == b.segments
+        base = ds.load(j % len(ds))
+        top = max(s["id"] for s in base.segments)
+        pasted = a.id_map > top  # pixels of the pasted instances
+        np.testing.assert_array_equal(a.image[~pasted], b.image[~pasted])
+        if pasted.sum() > 20:
+            ha = cv2.cvtColor(a.image, cv2.COLOR_RGB2HSV)[pasted]
+            hb = cv2.cvtColor(b.image, cv2.COLOR_RGB2HSV)[pasted]
+            coloured = ha[:, 1] > 60  # hue is defined where there is saturation
+            if coloured.sum() > 20:
+                d = (hb[coloured, 0].astype(int) - ha[coloured, 0].astype(int)) % 180
+                hue_shifts.append(int(np.median(d)))
+    assert len(hue_shifts) >= 4
+    assert len(set(hue_shifts)) >= 3  # turned by different angles, not one fixed shift
+    gray = np.full((6, 6, 3), 90, np.uint8)  # no hue: only the brightness may change
+    out = _recolor(gray, np.random.default_rng(0))
+    assert out.shape == gray.shape and out.dtype == np.uint8
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+    assert 0.7 * 90 - 1 <= int(out[0, 0, 0]) <= 1.3 * 90 + 1
+
+
 def test_fine_tune_run_with_all_options_keeps_the_frozen_part(
     tiny_cfg, cross_data, tmp_path, monkeypatch
 ):
@@ -186,6 +218,7 @@ def test_fine_tune_run_with_all_options_keeps_the_frozen_part(
             "solver.distill_mask_weight": 1.0,
             "input.copy_paste": 1.0,
             "input.copy_paste_from": 8,
+            "input.copy_paste_color": 1.0,
         },
     )
 

@@ -4,7 +4,9 @@ for Instance Segmentation*, CVPR 2021), off by default: ``input.copy_paste > 0``
 With that probability an image gets 1-2 thing instances cut from other training images (of the
 classes from ``input.copy_paste_from`` on: for a fine-tune, the new ones; a class is drawn first,
 then one of its instances, so rare classes are pasted as often as common ones), each flipped, rotated
-by any angle and scaled by 0.75-1.25, pasted at a random place on top. What they cover is taken
+by any angle and scaled by 0.75-1.25, with chance ``input.copy_paste_color`` recoloured (hue
+turned by any angle, brightness x 0.7-1.3: the copies teach the outline rather than the colour of
+the few instances there are), pasted at a random place on top. What they cover is taken
 from the segments beneath; a paste that would leave an instance with less than 40 % of its area
 is tried elsewhere. A few corrected images with a new class thus show it in many places, sizes
 and contexts, and many queries see it.
@@ -38,6 +40,7 @@ class CopyPaste:
         dataset: the training set.
         prob: chance that an item gets pastes.
         from_class: paste instances of thing classes with contiguous id >= this.
+        color: chance that a pasted instance is recoloured.
         seed: the augmentation seed.
         repeats: the view is ``repeats * len(dataset)`` items long.
     """
@@ -48,10 +51,12 @@ class CopyPaste:
         *,
         prob: float,
         from_class: int = 0,
+        color: float = 0.0,
         seed: int = 0,
         repeats: int = 64,
     ):
         self.dataset, self.prob, self.seed, self.repeats = dataset, prob, seed, repeats
+        self.color = color
         self.meta = dataset.meta
         # (image index, segment id) of the pasteable instances, by class
         self.pool: dict[int, list[tuple[int, int]]] = {}
@@ -75,6 +80,8 @@ class CopyPaste:
         n = len(self.dataset)
         smp = self.dataset.load(j % n)
         rng = np.random.default_rng([self.seed, 104729, int(j)])
+        # colours from a stream of their own: recolouring does not move what is pasted where
+        tint = np.random.default_rng([self.seed, 7919, int(j)])
         if not self.pool or rng.random() >= self.prob:
             return smp
         image, id_map = smp.image.copy(), smp.id_map.copy()
@@ -83,7 +90,7 @@ class CopyPaste:
             # class-balanced: a class first, then one of its instances
             instances = self.pool[self.classes[int(rng.integers(len(self.classes)))]]
             patch = self._patch(instances[int(rng.integers(len(instances)))])
-            _paste(image, id_map, segments, patch, rng)
+            _paste(image, id_map, segments, patch, rng, (self.color, tint))
         areas = np.bincount(id_map.ravel(), minlength=max([s["id"] for s in segments] + [0]) + 1)
         segments = [{**s, "area": int(areas[s["id"]])} for s in segments if areas[s["id"]] > 0]
         return replace(smp, image=image, id_map=id_map, segments=segments)
@@ -106,10 +113,14 @@ def _paste(
     segments: list[dict[str, Any]],
     patch: tuple[np.ndarray, np.ndarray, int],
     rng: np.random.Generator,
+    color: tuple[float, np.random.Generator] | None = None,
 ) -> bool:
     """Paste one transformed instance in place (image, id map, segments); False if it found no
-    place that keeps every instance beneath visible enough."""
+    place that keeps every instance beneath visible enough. ``color``: (chance, generator) of
+    recolouring it."""
     pix, mask = _transform(patch[0], patch[1], rng)
+    if color is not None and color[0] > 0 and color[1].random() < color[0]:
+        pix = _recolor(pix, color[1])
     cls = patch[2]
     h, w = id_map.shape
     ph, pw = mask.shape
@@ -147,11 +158,31 @@ def _transform(
     mask = cv2.warpAffine(
         np.ascontiguousarray(mask, dtype=np.uint8), m, (out_w, out_h), flags=cv2.INTER_NEAREST
     ).astype(bool)
+    import os
+
+    if os.environ.get("CP_HUE"):
+        hsv = cv2.cvtColor(np.ascontiguousarray(pix), cv2.COLOR_RGB2HSV)
+        hsv[..., 0] = ((hsv[..., 0].astype(np.int32) + int(rng.integers(0, 180))) % 180).astype(
+            np.uint8
+        )
+        v = hsv[..., 2].astype(np.float32) * rng.uniform(0.7, 1.3)
+        hsv[..., 2] = np.clip(v, 0, 255).astype(np.uint8)
+        pix = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
     ys, xs = np.nonzero(mask)
     if len(ys) == 0:
         return pix, mask
     box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
     return pix[box], mask[box]
+
+
+def _recolor(pix: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An RGB uint8 crop with its hue turned by any angle and its brightness scaled by 0.7-1.3."""
+    hsv = cv2.cvtColor(np.ascontiguousarray(pix), cv2.COLOR_RGB2HSV)  # H in 0..179
+    hue = hsv[..., 0].astype(np.int32) + int(rng.integers(0, 180))
+    hsv[..., 0] = (hue % 180).astype(np.uint8)
+    value = hsv[..., 2].astype(np.float32) * rng.uniform(0.7, 1.3)
+    hsv[..., 2] = np.clip(np.rint(value), 0, 255).astype(np.uint8)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
 
 
 def _others_visible(id_map: np.ndarray, segments: list[dict[str, Any]], placed: np.ndarray) -> bool:

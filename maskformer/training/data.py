@@ -53,6 +53,7 @@ def build_train_loader(
             dataset,
             prob=cfg.input.copy_paste,
             from_class=cfg.input.copy_paste_from,
+            color=cfg.input.copy_paste_color,
             seed=solver.seed,
         )
     train_ds = TrainDataset(dataset, cfg.input, seed=solver.seed, augment=augment)
