@@ -90,7 +90,8 @@ class CopyPaste:
             # class-balanced: a class first, then one of its instances
             instances = self.pool[self.classes[int(rng.integers(len(self.classes)))]]
             patch = self._patch(instances[int(rng.integers(len(instances)))])
-            _paste(image, id_map, segments, patch, rng, (self.color, tint))
+            recolor = tint if self.color > 0 and tint.random() < self.color else None
+            _paste(image, id_map, segments, patch, rng, recolor)
         areas = np.bincount(id_map.ravel(), minlength=max([s["id"] for s in segments] + [0]) + 1)
         segments = [{**s, "area": int(areas[s["id"]])} for s in segments if areas[s["id"]] > 0]
         return replace(smp, image=image, id_map=id_map, segments=segments)
@@ -113,14 +114,14 @@ def _paste(
     segments: list[dict[str, Any]],
     patch: tuple[np.ndarray, np.ndarray, int],
     rng: np.random.Generator,
-    color: tuple[float, np.random.Generator] | None = None,
+    recolor: np.random.Generator | None = None,
 ) -> bool:
     """Paste one transformed instance in place (image, id map, segments); False if it found no
-    place that keeps every instance beneath visible enough. ``color``: (chance, generator) of
-    recolouring it."""
+    place that keeps every instance beneath visible enough. ``recolor``: recolour it with this
+    generator."""
     pix, mask = _transform(patch[0], patch[1], rng)
-    if color is not None and color[0] > 0 and color[1].random() < color[0]:
-        pix = _recolor(pix, color[1])
+    if recolor is not None:
+        pix = _recolor(pix, recolor)
     cls = patch[2]
     h, w = id_map.shape
     ph, pw = mask.shape
