@@ -116,7 +116,7 @@ def merge_logits(
     fb = (base_masks > 0).flatten(2).float()  # (B, Qb, hw)
     inter = fb @ fe.transpose(1, 2)  # (B, Qb, Qe)
     covers = inter > overlap * fb.sum(-1, keepdim=True).clamp(min=1)
-    surer = added.amax(-1)[:, None, :] + margin > pb[..., :k_old].amax(-1)[..., None]
+    surer = score[:, None, :] + margin > pb[..., :k_old].amax(-1)[..., None]
     yields = (covers & surer & kept[:, None, :]).any(-1)  # (B, Qb)
     pb_old = pb[..., :k_old] * (~yields)[..., None]
     none_added = pb.new_zeros(*pb.shape[:2], added.shape[-1])  # the base never has them
